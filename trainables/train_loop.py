@@ -1,0 +1,303 @@
+"""The training loop: one function, ``fit``, used standalone and inside Ray Train workers.
+
+``fit`` is ordinary PyTorch. What differs between a single process and a DDP worker (rank,
+device, model wrapping, where reports and checkpoints go) comes from a ``Session``:
+``LocalSession`` here, ``trainables.ray_worker.RaySession`` in a Ray Train worker.
+
+Per epoch it logs train loss, validation loss of the EMA weights (overall and per timestep
+quartile, on fixed noise so epochs compare), lr, epoch seconds and images/s, and writes a
+checkpoint (model, EMA, optimizer, scheduler, epoch, step, config). Resuming from a checkpoint
+continues exactly: the batch order and noise of each epoch are seeded by (seed, epoch, rank).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from copy import deepcopy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+
+from trainables.config import TrialConfig
+from trainables.data import Splits, load_splits
+from trainables.diffusion import Schedule, training_losses
+from trainables.unet import UNet
+
+CHECKPOINT_FILE = "checkpoint.pt"
+STOP_REASONS = ("completed", "time_budget", "step_budget", "early_stop", "diverged")
+_CHECK_EVERY = 10  # steps between budget / divergence checks (each costs a device sync)
+
+
+class Session(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
+
+    def latest_checkpoint(self) -> Path | None: ...
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None: ...
+
+
+class LocalSession:
+    """Single process on CUDA if present, else CPU; checkpoints go to `run_dir`."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, run_dir: Path, resume: bool = False, verbose: bool = True,
+                 device: str | None = None):
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.verbose = verbose
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def prepare_model(self, model):
+        return model
+
+    def latest_checkpoint(self):
+        path = self.run_dir / CHECKPOINT_FILE
+        return path.parent if self.resume and path.exists() else None
+
+    def report(self, metrics, checkpoint_dir):
+        if checkpoint_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (checkpoint_dir / CHECKPOINT_FILE).replace(self.run_dir / CHECKPOINT_FILE)
+        if self.verbose:
+            print(format_metrics(metrics), flush=True)
+
+
+def format_metrics(m: dict) -> str:
+    return (f"epoch {m['epoch']:3d}  train {m['train_loss']:.4f}  val {m['val_loss']:.4f}  "
+            f"lr {m['lr']:.2e}  {m['images_per_s']:.0f} img/s  {m['epoch_s']:.1f}s"
+            + "".join(f"  {k} {m[k]:.3f}" for k in m if k.startswith("probe_")))
+
+
+@dataclass
+class FitResult:
+    model: UNet  # raw (unwrapped) trained weights
+    ema: UNet  # EMA weights, the ones to evaluate
+    history: list[dict]  # one metrics dict per epoch
+    stop_reason: str  # one of STOP_REASONS
+    detail: str = ""  # e.g. where the loss diverged
+    train_seconds: float = 0.0  # wall seconds of the training steps, summed over epochs
+    info: dict = field(default_factory=dict)
+
+
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·model (DiT's update_ema)."""
+    ema_params = list(ema.parameters())
+    torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - decay)
+
+
+def _any_rank(flag: bool, device) -> bool:
+    """True on every rank if `flag` is true on any rank (keeps DDP ranks in lockstep)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _sum_ranks(values: list[float], device) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+@torch.no_grad()
+def validation_loss(model, sched: Schedule, images, labels, rank: int, world: int,
+                    batch_size: int = 500) -> dict:
+    """Mean ε-MSE over the given images with noise and t fixed by a constant seed, overall and
+    per timestep quartile; shards across ranks and sums."""
+    g = torch.Generator().manual_seed(1234)
+    n = len(labels)
+    t_all = torch.randint(0, sched.timesteps, (n,), generator=g)
+    noise_all = torch.randn(images.shape, generator=g)
+    sums = [0.0] * 5  # total, then per quartile
+    counts = [0.0] * 5
+    device = images.device
+    for start in range(rank * batch_size, n, world * batch_size):
+        sl = slice(start, start + batch_size)
+        t = t_all[sl].to(device)
+        losses, _ = training_losses(model, sched, images[sl], labels[sl], t=t,
+                                    noise=noise_all[sl].to(device))
+        quart = (t * 4 // sched.timesteps).clamp(max=3)
+        sums[0] += losses.sum().item()
+        counts[0] += len(losses)
+        for q in range(4):
+            sums[q + 1] += losses[quart == q].sum().item()
+            counts[q + 1] += (quart == q).sum().item()
+    totals = _sum_ranks(sums + counts, device)
+    sums, counts = totals[:5], totals[5:]
+    out = {"val_loss": sums[0] / max(counts[0], 1)}
+    for q in range(4):
+        out[f"val_loss_q{q + 1}"] = sums[q + 1] / max(counts[q + 1], 1)
+    return out
+
+
+def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
+        probe: Callable[[UNet], dict] | None = None) -> FitResult:
+    """Train `cfg` and return the trained model and EMA.
+
+    `probe(ema) -> dict` runs on rank 0 after each epoch (e.g. the judge's accuracy on a few
+    samples); its values are reported with a `probe_` prefix and shared with every rank.
+    """
+    tc = cfg.train
+    rank, world, device = session.rank, session.world_size, session.device
+    if tc.batch_size < world:
+        raise ValueError(f"batch_size={tc.batch_size} is smaller than the {world} workers")
+    use_amp = tc.amp and device.type == "cuda"
+
+    # Set up data: the whole split as one tensor on the device
+    splits = splits or load_splits(cfg.data)
+    train_x, train_y = splits.train.images.to(device), splits.train.labels.to(device)
+    val_x = splits.val.images[: tc.val_size].to(device)
+    val_y = splits.val.labels[: tc.val_size].to(device)
+    local_batch = tc.batch_size // world
+    sampler = DistributedSampler(range(len(train_y)), num_replicas=world, rank=rank,
+                                 shuffle=True, seed=tc.seed, drop_last=True)
+    steps_per_epoch = len(sampler) // local_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size={tc.batch_size} exceeds the {len(train_y)} training images")
+    sched = Schedule.from_config(cfg.diffusion)
+
+    # Build model, EMA and optimizer (same init on every rank; DDP also broadcasts it)
+    torch.manual_seed(tc.seed)
+    model = UNet(cfg.model).to(device)
+    ema = deepcopy(model).requires_grad_(False).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=tc.lr_factor,
+                                                         patience=tc.lr_patience)
+    state = {"epoch": 0, "step": 0, "best_val": math.inf, "bad_epochs": 0, "history": [],
+             "train_seconds": 0.0}
+
+    # Resume
+    ckpt_dir = session.latest_checkpoint()
+    if ckpt_dir is not None:
+        ckpt = torch.load(Path(ckpt_dir) / CHECKPOINT_FILE, map_location=device,
+                          weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        plateau.load_state_dict(ckpt["scheduler"])
+        state.update({k: ckpt[k] for k in state})
+    train_model = session.prepare_model(model)
+    if tc.compile and device.type == "cuda":
+        train_model = torch.compile(train_model)
+    train_model.train()
+
+    # Train
+    stop_reason, detail = "completed", ""
+    for epoch in range(state["epoch"] + 1, tc.epochs + 1):
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler), device=device)
+        torch.manual_seed(tc.seed * 1_000_003 + epoch * 1009 + rank)  # t, noise, label dropout
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        steps_done = 0
+        for i in range(steps_per_epoch):
+            idx = order[i * local_batch : (i + 1) * local_batch]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                losses, _ = training_losses(train_model, sched, train_x[idx], train_y[idx])
+            loss = losses.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            state["step"] += 1
+            update_ema(ema, model, min(tc.ema_decay, (1 + state["step"]) / (10 + state["step"])))
+            loss_sum += loss.detach()
+            steps_done += 1
+
+            last = i == steps_per_epoch - 1
+            if state["step"] % _CHECK_EVERY == 0 or last:
+                elapsed = state["train_seconds"] + time.perf_counter() - t0
+                flags = {
+                    "diverged": not math.isfinite(loss.item()),
+                    "time_budget": tc.max_seconds is not None and elapsed >= tc.max_seconds,
+                    "step_budget": tc.max_steps is not None and state["step"] >= tc.max_steps,
+                }
+                hit = [k for k, v in flags.items() if _any_rank(v, device)]
+                if hit:
+                    stop_reason = hit[0]
+                    if stop_reason == "diverged":
+                        detail = f"non-finite loss at step {state['step']} (lr={tc.lr:g})"
+                    break
+        epoch_s = time.perf_counter() - t0
+        state["train_seconds"] += epoch_s
+        if stop_reason == "diverged":
+            break
+
+        # Evaluate: train loss over ranks, EMA validation loss, optional quality probe
+        train_sum, n_steps = _sum_ranks([loss_sum.item(), steps_done], device)
+        metrics = {"epoch": epoch, "step": state["step"], "train_loss": train_sum / n_steps,
+                   "lr": opt.param_groups[0]["lr"], "epoch_s": epoch_s,
+                   "images_per_s": steps_done * local_batch * world / epoch_s,
+                   "train_seconds": state["train_seconds"]}
+        metrics.update(validation_loss(ema, sched, val_x, val_y, rank, world))
+        if probe is not None:
+            t_probe = time.perf_counter()
+            shared = [probe(ema) if rank == 0 else None]
+            if world > 1:
+                dist.broadcast_object_list(shared, src=0)
+            metrics.update({f"probe_{k}": v for k, v in shared[0].items()})
+            metrics["probe_s"] = time.perf_counter() - t_probe
+        if not math.isfinite(metrics["val_loss"]):
+            stop_reason, detail = "diverged", f"non-finite validation loss at epoch {epoch}"
+            break
+        plateau.step(metrics["val_loss"])
+        if metrics["val_loss"] < state["best_val"] - 1e-4:
+            state["best_val"], state["bad_epochs"] = metrics["val_loss"], 0
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        state["history"].append(metrics)
+        if stop_reason == "completed" and tc.early_stop_patience is not None \
+                and state["bad_epochs"] >= tc.early_stop_patience:
+            stop_reason = "early_stop"
+            detail = f"no validation improvement in {tc.early_stop_patience} epochs"
+
+        # Checkpoint (rank 0 writes; every rank reports)
+        with _checkpoint_dir(rank) as tmp:
+            if tmp is not None:
+                torch.save({"model": model.state_dict(), "ema": ema.state_dict(),
+                            "optimizer": opt.state_dict(), "scheduler": plateau.state_dict(),
+                            "config": cfg.to_dict(), **state}, tmp / CHECKPOINT_FILE)
+            session.report(metrics, tmp)
+        if stop_reason != "completed":
+            break
+
+    return FitResult(model, ema, state["history"], stop_reason, detail, state["train_seconds"])
+
+
+@contextlib.contextmanager
+def _checkpoint_dir(rank: int):
+    if rank != 0:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
+        yield Path(tmp)
+
+
+def load_checkpoint(path: Path, device="cpu") -> tuple[TrialConfig, UNet, UNet, dict]:
+    """(config, model, ema, checkpoint dict) from a checkpoint file or the folder holding it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    cfg = TrialConfig.from_dict(ckpt["config"])
+    model, ema = UNet(cfg.model), UNet(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    ema.load_state_dict(ckpt["ema"])
+    return cfg, model.to(device).eval(), ema.to(device).eval(), ckpt
