@@ -58,7 +58,8 @@ def frechet_distance(feats: torch.Tensor, real_feats: torch.Tensor) -> float:
     class Precomputed(torch.nn.Identity):
         num_features = feats.shape[1]
 
-    fid = FrechetInceptionDistance(feature=Precomputed())
+    # sync_on_compute=False: inside a DDP worker the metric must not wait for the other ranks
+    fid = FrechetInceptionDistance(feature=Precomputed(), sync_on_compute=False)
     fid.update(real_feats.double(), real=True)
     fid.update(feats.double(), real=False)
     return float(fid.compute())

@@ -89,7 +89,7 @@ class FitResult:
     stop_reason: str  # one of STOP_REASONS
     detail: str = ""  # e.g. where the loss diverged
     train_seconds: float = 0.0  # wall seconds of the training steps, summed over epochs
-    info: dict = field(default_factory=dict)
+    state: dict = field(default_factory=dict)  # the last checkpoint's contents (rank 0)
 
 
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -179,6 +179,7 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=tc.lr_factor,
                                                          patience=tc.lr_patience)
+    last_state: dict = {}
     state = {"epoch": 0, "step": 0, "best_val": math.inf, "bad_epochs": 0, "history": [],
              "train_seconds": 0.0}
 
@@ -192,6 +193,7 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
         opt.load_state_dict(ckpt["optimizer"])
         plateau.load_state_dict(ckpt["scheduler"])
         state.update({k: ckpt[k] for k in state})
+        last_state = ckpt
     train_model = session.prepare_model(model)
     if tc.compile and device.type == "cuda":
         train_model = torch.compile(train_model)
@@ -269,16 +271,18 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
             detail = f"no validation improvement in {tc.early_stop_patience} epochs"
 
         # Checkpoint (rank 0 writes; every rank reports)
+        last_state = {"model": model.state_dict(), "ema": ema.state_dict(),
+                      "optimizer": opt.state_dict(), "scheduler": plateau.state_dict(),
+                      "config": cfg.to_dict(), **state}
         with _checkpoint_dir(rank) as tmp:
             if tmp is not None:
-                torch.save({"model": model.state_dict(), "ema": ema.state_dict(),
-                            "optimizer": opt.state_dict(), "scheduler": plateau.state_dict(),
-                            "config": cfg.to_dict(), **state}, tmp / CHECKPOINT_FILE)
+                torch.save(last_state, tmp / CHECKPOINT_FILE)
             session.report(metrics, tmp)
         if stop_reason != "completed":
             break
 
-    return FitResult(model, ema, state["history"], stop_reason, detail, state["train_seconds"])
+    return FitResult(model, ema, state["history"], stop_reason, detail, state["train_seconds"],
+                     last_state if rank == 0 else {})
 
 
 @contextlib.contextmanager

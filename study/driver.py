@@ -1,0 +1,160 @@
+"""Drive a prepared study on Ray: start (or attach to) Ray, size the concurrency to the resources
+found, run the Tuner (or restore it), confirm the Pareto front with more seeds, print a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+# Set before Ray is imported: quiet, deterministic local runs.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+# Worker reports carry per-epoch metrics; the objectives arrive with each trial's final row.
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+
+import optuna  # noqa: E402
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+from study import results  # noqa: E402
+from study.search_space import SearchSpace, to_tune  # noqa: E402
+from study.trial import COST, QUALITY, run_trial  # noqa: E402
+from study.tuning import ResultsCallback, StudySearch, make_scheduler  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DRIVER_CPU = 0.01  # each trial's driver function; its workers hold the real resources
+
+
+def init_ray(address: str | None) -> None:
+    """Attach to `address`, or start a local Ray with the dashboard bound to 127.0.0.1."""
+    # Workers import the project; an editable install suffices, a plain checkout needs this.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    if address:
+        ctx = ray.init(address=address)
+    else:
+        ctx = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                       num_cpus=os.cpu_count(), object_store_memory=_object_store_bytes())
+    url = ctx.dashboard_url
+    print(f"Ray dashboard: http://{url}" if url else "Ray dashboard: not running", flush=True)
+
+
+def _object_store_bytes() -> int:
+    return 512 * 1024**2  # samples and checkpoints are small; Ray's default takes 30% of RAM
+
+
+def size_trials(setup: dict) -> dict:
+    """Concurrent trials and per-worker CPU/GPU shares from the cluster's resources."""
+    res = ray.cluster_resources()
+    cpus, gpus = res.get("CPU", 1), res.get("GPU", 0)
+    workers = setup["workers_per_trial"]
+    use_gpu = setup["use_gpu"] and gpus > 0
+    if use_gpu:
+        gpus_per_worker = 1 / setup["trials_per_gpu"]
+        concurrent = max(1, math.floor(gpus / (gpus_per_worker * workers)))
+    else:
+        gpus_per_worker = 0.0
+        concurrent = max(1, math.floor(cpus / workers))
+    concurrent = min(concurrent, setup["num_trials"])
+    cpus_per_worker = math.floor(100 * (cpus - DRIVER_CPU * concurrent) / (concurrent * workers))
+    return {**setup, "use_gpu": use_gpu, "gpus_per_worker": gpus_per_worker,
+            "cpus_per_worker": max(cpus_per_worker / 100, 0.01), "concurrent": concurrent,
+            "storage_path": str(Path(setup["study_dir"]) / "ray")}
+
+
+def trainable(setup: dict):
+    return tune.with_resources(tune.with_parameters(run_trial, setup=setup),
+                               {"cpu": DRIVER_CPU})
+
+
+def _trial_name(trial) -> str:
+    c = trial.config
+    return f"{trial.trial_id}_d{c.get('depth')}w{c.get('width')}"
+
+
+def run_study(setup: dict, resume: bool = False) -> int:
+    study_dir = Path(setup["study_dir"])
+    init_ray(setup.get("address"))
+    try:
+        setup = size_trials(setup)
+        print(f"study {setup['name']}: {setup['num_trials']} trials, {setup['concurrent']} at a "
+              f"time, {setup['workers_per_trial']} worker(s) each "
+              f"({setup['cpus_per_worker']} CPU" + (f", {setup['gpus_per_worker']:.2f} GPU"
+                                                     if setup["use_gpu"] else "") + " per worker)",
+              flush=True)
+        tune_path = study_dir / "ray" / setup["name"]
+        if resume and tune.Tuner.can_restore(str(tune_path)):
+            tuner = tune.Tuner.restore(str(tune_path), trainable=trainable(setup),
+                                       resume_unfinished=True, resume_errored=True)
+        else:
+            tuner = make_tuner(setup)
+        tuner.fit()
+        if setup["confirm_seeds"] > 0:
+            confirm_pareto(setup)
+        print_summary(setup)
+    finally:
+        ray.shutdown()
+    return 0
+
+
+def make_tuner(setup: dict) -> tune.Tuner:
+    space = SearchSpace(**setup["space"])
+    searcher = StudySearch(
+        metric=[QUALITY, COST], mode=["max", "min"], study_dir=setup["study_dir"],
+        storage=optuna.storages.RDBStorage(setup["storage"]), study_name=setup["name"],
+        seed=setup["seed"])
+    return tune.Tuner(
+        trainable(setup),
+        param_space=to_tune(space),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=make_scheduler(setup["base"]["train"]["epochs"]),
+            num_samples=setup["num_trials"], max_concurrent_trials=setup["concurrent"],
+            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(
+            name=setup["name"], storage_path=setup["storage_path"],
+            callbacks=[ResultsCallback(setup["study_dir"])],
+            failure_config=tune.FailureConfig(max_failures=1), verbose=1),
+    )
+
+
+def confirm_pareto(setup: dict) -> None:
+    """Re-train each Pareto-front configuration with `confirm_seeds` further seeds."""
+    df = results.read_results(setup["study_dir"])
+    front = results.pareto_front(df[df["confirm_of"].isna()])
+    configs = [{"depth": int(r.depth), "width": int(r.width), "lr": float(r.lr),
+                "guidance": float(r.guidance), "seed": setup["seed"] + 1 + s,
+                "confirm_of": r.trial_id}
+               for r in front.itertuples() for s in range(setup["confirm_seeds"])]
+    if not configs:
+        return
+    print(f"confirming {len(front)} Pareto configurations with {setup['confirm_seeds']} more "
+          f"seed(s) each ({len(configs)} trials)", flush=True)
+    tune.Tuner(
+        trainable(setup),
+        param_space={"fixed": tune.grid_search(configs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=setup["concurrent"]),
+        run_config=tune.RunConfig(name=f"{setup['name']}-confirm",
+                                  storage_path=setup["storage_path"],
+                                  callbacks=[ResultsCallback(setup["study_dir"])], verbose=1),
+    ).fit()
+
+
+def print_summary(setup: dict) -> None:
+    df = results.read_results(setup["study_dir"])
+    q = setup["quality_metric"]
+    print(f"\n{len(df)} trials; {int((df['status'] == 'ok').sum())} ok, "
+          f"{int((df['status'] != 'ok').sum())} failed. Quality = {q}.")
+    front = results.pareto_front(df[df["confirm_of"].isna()] if "confirm_of" in df else df)
+    cols = ["trial_id", "depth", "width", "lr", "guidance", "quality", "judge_acc", "frechet",
+            "train_cost_s", "params"]
+    print("Pareto front (quality up, training seconds down):")
+    print(front[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    ot = optuna.load_study(study_name=setup["name"], storage=setup["storage"])
+    print(f"Optuna: {len(ot.trials)} trials, {len(ot.best_trials)} on its Pareto front "
+          f"(storage {setup['storage']})")
+    print(f"results: {Path(setup['study_dir']) / results.RESULTS_FILE}")
+    (Path(setup["study_dir"]) / "pareto.json").write_text(
+        json.dumps(front[cols].to_dict(orient="records"), indent=1))

@@ -1,0 +1,117 @@
+"""The training function of one Ray Train worker (DDP rank) and its Ray session adapter.
+
+``train_fn_per_worker`` runs ``fit`` under DDP, then rank 0 evaluates the EMA weights and
+attaches a final checkpoint holding everything the study records for the trial: the model
+checkpoint, ``samples.npz``, ``per_digit.csv``, ``samples.png`` and ``outcome.json`` (stop
+reason, evaluation metrics). The trial driver in ``study/trial.py`` builds the TorchTrainer.
+
+Imports here stay light (no open_clip, no matplotlib until the final evaluation): per-trial
+start-up time is training time lost.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+
+from trainables.config import TrialConfig
+from trainables.data import load_splits
+from trainables.evaluate import EvalConfig, evaluate_model, quality_probe
+from trainables.judge import Judge
+from trainables.train_loop import CHECKPOINT_FILE, fit
+
+OUTCOME_FILE = "outcome.json"
+
+
+class RaySession:
+    """`trainables.train_loop.Session` backed by the Ray Train worker context."""
+
+    def __init__(self):
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def prepare_model(self, model):
+        return ray.train.torch.prepare_model(model)
+
+    def latest_checkpoint(self) -> Path | None:
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        path = Path(ckpt.to_directory())  # a local copy, also for remote storage
+        return path if (path / CHECKPOINT_FILE).exists() or (path / OUTCOME_FILE).exists() \
+            else None
+
+    def report(self, metrics, checkpoint_dir):
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+def train_fn_per_worker(config: dict) -> None:
+    """config: {"trial": TrialConfig dict, "judge": judge state, "eval": EvalConfig dict,
+    "clip": ClipConfig dict or None, "cpus_per_worker": float}."""
+    torch.set_num_threads(max(1, int(config.get("cpus_per_worker", 1))))
+    cfg = TrialConfig.from_dict(config["trial"])
+    session = RaySession()
+
+    # A retried trial whose final report already happened only repeats it.
+    done = session.latest_checkpoint()
+    if done is not None and (done / OUTCOME_FILE).exists():
+        outcome = json.loads((done / OUTCOME_FILE).read_text())
+        session.report(outcome["metrics"], done if session.rank == 0 else None)
+        return
+
+    splits = load_splits(cfg.data)
+    judge = Judge.from_state(config["judge"], device=session.device)
+    result = fit(cfg, session, splits, probe=quality_probe(judge, cfg))
+
+    last = result.history[-1] if result.history else {}
+    images_seen = sum(h["images_per_s"] * h["epoch_s"] for h in result.history)
+    metrics = {"epoch": last.get("epoch", 0), "final": True,
+               "stop_reason": result.stop_reason, "stop_detail": result.detail,
+               "train_seconds": result.train_seconds, "images_seen": round(images_seen),
+               "images_per_s": images_seen / result.train_seconds if result.train_seconds else 0,
+               "final_train_loss": last.get("train_loss"), "final_val_loss": last.get("val_loss"),
+               "probe_judge_acc": last.get("probe_judge_acc", 0.0),
+               "probe_s_total": sum(h.get("probe_s", 0.0) for h in result.history)}
+    if session.rank != 0:
+        session.report(metrics, None)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="final-") as tmp:
+        out = Path(tmp)
+        if result.stop_reason != "diverged" and result.state:
+            torch.save(result.state, out / CHECKPOINT_FILE)
+            metrics.update(_evaluate(result.ema, cfg, judge, splits.val, config, out))
+        else:
+            metrics["error"] = f"training diverged: {result.detail}"
+        (out / OUTCOME_FILE).write_text(
+            json.dumps({"metrics": metrics, "history": result.history}, indent=1))
+        session.report(metrics, out)
+
+
+def _evaluate(ema, cfg: TrialConfig, judge: Judge, real, config: dict, out: Path) -> dict:
+    from trainables import figures
+
+    clip = None
+    if config.get("clip") is not None:
+        from trainables.clip_score import ClipConfig, ClipScorer
+
+        clip = ClipScorer.load(ClipConfig(**config["clip"]),
+                               device=str(next(ema.parameters()).device))
+    t0 = time.perf_counter()
+    m = evaluate_model(ema, cfg, judge, clip, real, out, EvalConfig(**config["eval"]))
+    from trainables.sample import load_samples
+
+    images, labels, _ = load_samples(out / "samples.npz")
+    figures.close(figures.sample_grid(images, labels, title=f"w = {cfg.sample.guidance:.2f}",
+                                      path=out / "samples.png"))
+    m["eval_total_s"] = time.perf_counter() - t0
+    return m
+
