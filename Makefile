@@ -20,8 +20,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# CLIP weights cannot be downloaded on offline machines: `make study` runs with --no-clip (and
+# says so) unless CLIP=on, or CLIP_CHECKPOINT=<local open_clip weights file> is given.
+CLIP ?= off
+CLIP_ARGS := $(if $(CLIP_CHECKPOINT),--clip-checkpoint $(CLIP_CHECKPOINT),$(if $(filter off,$(CLIP)),--no-clip,))
+
 study: install
-	$(PY) study/run.py $(ARGS)
+	$(PY) study/run.py $(CLIP_ARGS) $(ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

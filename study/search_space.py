@@ -95,7 +95,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "cpu": Preset(
         SearchSpace(depth=(2, 3), width=(8, 16, 32), lr=(5e-4, 3e-3), guidance=(1.0, 4.0)),
-        num_trials=6, epochs=6, max_trial_minutes=4,
+        num_trials=8, epochs=8, max_trial_minutes=4,
         description="a laptop/2-core study on the offline 10k MNIST in about 20 minutes",
     ),
     "gpu": Preset(

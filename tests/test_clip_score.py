@@ -6,7 +6,6 @@ JSON, saves a randomly initialised model's state dict and loads both through
 for the batched tensor preprocessing.
 """
 
-import json
 import time
 from dataclasses import replace
 from types import SimpleNamespace
@@ -20,29 +19,18 @@ from PIL import Image
 import trainables.clip_score as clip_score
 from trainables.clip_score import DEFAULT_TEMPLATES, ClipConfig, ClipLoadError, ClipScorer
 
-TINY_CLIP = {
-    "embed_dim": 32,
-    # 48 px: a non-integer upscale of 28 px, with 16-px patches (3×3 tokens)
-    "vision_cfg": {"image_size": 48, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_clip_files):
     import open_clip
 
-    root = tmp_path_factory.mktemp("clip")
-    config = root / "tiny_clip.json"
-    config.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(config)
-    torch.manual_seed(0)
-    reference, _, pil_preprocess = open_clip.create_model_and_transforms("tiny_clip")
-    checkpoint = root / "tiny_clip.pt"
-    torch.save(reference.state_dict(), checkpoint)
+    config, checkpoint = tiny_clip_files
+    reference, _, pil_preprocess = open_clip.create_model_and_transforms(
+        "tiny_clip", pretrained=str(checkpoint))
     cfg = ClipConfig(model=str(config), checkpoint=str(checkpoint))
-    return SimpleNamespace(root=root, cfg=cfg, checkpoint=checkpoint, reference=reference.eval(),
-                           pil_preprocess=pil_preprocess, scorer=ClipScorer.load(cfg))
+    return SimpleNamespace(root=config.parent, cfg=cfg, checkpoint=checkpoint,
+                           reference=reference.eval(), pil_preprocess=pil_preprocess,
+                           scorer=ClipScorer.load(cfg))
 
 
 def _to_pil(image: torch.Tensor) -> Image.Image:
@@ -130,7 +118,7 @@ def test_text_embeddings_are_prompt_ensembles(tiny):
     import open_clip
 
     emb = tiny.scorer.text_embeddings
-    assert emb.shape == (10, TINY_CLIP["embed_dim"])
+    assert emb.shape == (10, 32)  # TINY_CLIP embed_dim
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(10))
 
     # Class 3 by hand: unit prompt embeddings over templates × {"three", "3"}, averaged.

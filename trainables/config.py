@@ -31,7 +31,9 @@ class TrainConfig:
     early_stop_patience: int | None = 5  # epochs without val improvement before stopping
     val_size: int = 1000  # validation images used for the validation loss (fixed noise)
     seed: int = 0  # model init, batch order, noise; each rank offsets it
-    amp: bool = True  # bf16 autocast (CUDA only; CPU trains in fp32)
+    # bf16 autocast (CUDA only). Off by default: for these small U-Nets it measured 0.76× the
+    # fp32 (TF32) throughput on an H200 (benchmarks/RESULTS.md); casts cost more than they save.
+    amp: bool = False
     compile: bool = False  # torch.compile the model (CUDA only)
 
     def __post_init__(self):

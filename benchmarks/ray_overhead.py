@@ -1,0 +1,79 @@
+"""Ray overhead: training images/s of the study's trainer (Ray Train TorchTrainer, 1 worker, the
+same `fit`) ÷ the same model and batch in a plain PyTorch loop, measured in the same run.
+
+    python benchmarks/ray_overhead.py --epochs 3
+
+Steady-state throughput (epochs after the first) is compared; start-up is reported apart.
+Target: ratio ≥ 0.95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine, mnist, reference_config  # noqa: E402
+from trainables.train_loop import LocalSession, fit  # noqa: E402
+
+
+def ray_worker(config: dict) -> None:
+    import torch
+
+    from trainables.config import TrialConfig
+    from trainables.ray_worker import RaySession
+
+    torch.set_num_threads(config["threads"])
+    cfg = TrialConfig.from_dict(config["trial"])
+    fit(cfg, RaySession())
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=3)
+    a = p.parse_args(argv)
+    import ray
+    import torch
+    from ray import train
+    from ray.train.torch import TorchTrainer
+
+    threads = torch.get_num_threads()
+    cfg = reference_config(epochs=a.epochs, early_stop_patience=None)
+    splits = mnist()
+    print(f"# Ray overhead — {machine()}; d3 w16, batch 128, {a.epochs} epochs, "
+          f"{threads} threads in both")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = fit(cfg, LocalSession(Path(tmp) / "plain", verbose=False), splits)
+    plain_ips = plain.history[-1]["images_per_s"]
+
+    ray.init(address="local", num_cpus=threads, include_dashboard=False)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            result = TorchTrainer(
+                ray_worker, train_loop_config={"trial": cfg.to_dict(), "threads": threads},
+                scaling_config=train.ScalingConfig(num_workers=1,
+                                                   resources_per_worker={"CPU": threads}),
+                run_config=train.RunConfig(name="ray-overhead", storage_path=tmp),
+            ).fit()
+            wall = time.perf_counter() - t0
+        ray_ips = result.metrics["images_per_s"]  # the last epoch's report
+        startup = wall - result.metrics["train_seconds"]
+    finally:
+        ray.shutdown()
+    print(f"plain loop   {plain_ips:8.0f} images/s (last epoch)")
+    print(f"Ray Train    {ray_ips:8.0f} images/s (last epoch); start-up + reports {startup:.1f}s")
+    print(f"ratio Ray / plain = {ray_ips / plain_ips:.3f} (target ≥ 0.95)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The results table: atomic writes (a crash mid-write leaves the old table), upserts, rows."""
+
+import pandas as pd
+import pytest
+
+from study.results import COLUMNS, read_results, to_row, upsert, write_atomic
+
+
+def test_upsert_inserts_and_replaces(tmp_path):
+    upsert(tmp_path, {"trial_id": "a", "status": "ok", "quality": 0.5})
+    upsert(tmp_path, {"trial_id": "b", "status": "failed", "error": "boom"})
+    df = upsert(tmp_path, {"trial_id": "a", "status": "ok", "quality": 0.9})
+    again = read_results(tmp_path)
+    assert list(again.columns) == COLUMNS and len(again) == 2
+    assert again.set_index("trial_id").loc["a", "quality"] == 0.9
+    assert again.set_index("trial_id").loc["b", "error"] == "boom"
+    assert len(df) == 2
+
+
+def test_crash_during_write_keeps_the_old_table(tmp_path, monkeypatch):
+    upsert(tmp_path, {"trial_id": "a", "status": "ok", "quality": 0.5})
+    before = (tmp_path / "results.csv").read_bytes()
+
+    def crash(self, f, **kw):
+        f.write("trial_id,sta")  # half a header, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", crash)
+    with pytest.raises(KeyboardInterrupt):
+        upsert(tmp_path, {"trial_id": "b", "status": "ok"})
+    assert (tmp_path / "results.csv").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]  # no temp file left
+
+
+def test_to_row_has_exactly_the_columns():
+    row = to_row({"trial_id": "x", "unexpected": 1})
+    assert list(row) == COLUMNS and row["quality"] is None
+
+
+def test_write_atomic_roundtrip(tmp_path):
+    df = pd.DataFrame([to_row({"trial_id": "t", "lr": 1e-3})], columns=COLUMNS)
+    write_atomic(df, tmp_path / "r.csv")
+    assert pd.read_csv(tmp_path / "r.csv")["lr"].iloc[0] == 1e-3
