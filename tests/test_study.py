@@ -32,7 +32,7 @@ def smoke_study(tmp_path_factory, tiny_clip_files):
     config, checkpoint = tiny_clip_files
     args = ["--preset", "smoke", "--dataset", "digits", "--clip-model", str(config),
             "--clip-checkpoint", str(checkpoint), "--name", "smoke", "--output-dir", str(out)]
-    first = run_cli(*args, cache_dir=cache)
+    first = run_cli(*args, "--confirm-seeds", "1", cache_dir=cache)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     return out / "smoke", args, cache, first
 
@@ -43,8 +43,18 @@ def test_smoke_study_records_every_trial(smoke_study):
     assert "Ray dashboard: http://127.0.0.1:" in proc.stdout
     assert "Pareto front" in proc.stdout
     df = pd.read_csv(study_dir / "results.csv")
-    assert len(df) == 2 and list(df.columns) == COLUMNS
+    assert list(df.columns) == COLUMNS
     assert (df["status"] == "ok").all(), df[["status", "error"]]
+    search, confirm = df[df["confirm_of"].isna()], df[df["confirm_of"].notna()]
+    assert len(search) == 2
+    # --confirm-seeds 1: each Pareto-front configuration re-trained once with another seed
+    front = json.loads((study_dir / "pareto.json").read_text())
+    assert sorted(confirm["confirm_of"]) == sorted(r["trial_id"] for r in front)
+    for r in confirm.itertuples():
+        orig = search.set_index("trial_id").loc[r.confirm_of]
+        assert (r.depth, r.width, r.lr, r.guidance) == (orig.depth, orig.width, orig.lr,
+                                                        orig.guidance)
+        assert r.seed != orig.seed
     required = ["depth", "width", "lr", "guidance", "params", "forward_gflops", "train_gflops",
                 "trial_wall_s", "train_seconds", "worker_seconds", "images_per_s", "epochs_run",
                 "final_train_loss", "final_val_loss", "quality", "train_cost_s", "judge_acc",
@@ -67,6 +77,7 @@ def test_smoke_study_records_every_trial(smoke_study):
 def test_optuna_db_matches_results(smoke_study):
     study_dir, _, _, _ = smoke_study
     df = pd.read_csv(study_dir / "results.csv")
+    df = df[df["confirm_of"].isna()]  # confirmation runs are not Optuna trials
     ot = optuna.load_study(study_name="smoke", storage=f"sqlite:///{study_dir / 'optuna.db'}")
     done = [t for t in ot.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == len(ot.trials) == 2

@@ -1,0 +1,190 @@
+"""Post-study evaluation: the inputs of the report that need the trained checkpoints.
+
+Runs once at the end of a study (``study/driver.py``), or again by hand::
+
+    python -m study.post runs/<name>
+
+For the best trials (by the study's quality and by judge accuracy) it loads the EMA weights and
+writes, under ``runs/<name>/analysis/``:
+
+- ``guidance_sweep.csv``: the evaluation protocol repeated at several guidance weights w
+  (guidance needs no retraining), one row per (trial, w);
+- ``sample_scores.csv``: each evaluation sample's judge confidence and prediction and, when
+  CLIP is enabled, its CLIP score, so the report can show top-k selections by either;
+- ``recognisable_steps.csv``: per trial and digit, the mean first reverse step at which the
+  judge's confidence in the requested digit passes 0.5, and the fraction of samples that ever
+  pass;
+- ``trajectory.npz``: for the best trial, a few images per digit at evenly spaced reverse steps
+  and the judge's confidence at every step;
+- ``real_digits.npz``: one real validation digit per class, for the forward-noise figure;
+- ``post.json``: which trials and weights were evaluated, and what it cost.
+
+Everything here is plain PyTorch on the driver; ``analysis/`` then reads these files alone.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ANALYSIS_DIR = "analysis"
+GUIDANCE_VALUES = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
+RECOGNISED = 0.5  # judge confidence in the requested digit that counts as "recognisable"
+TRAJECTORY_COLUMNS = 8  # reverse steps kept as images in trajectory.npz
+TRAJECTORY_ROWS_PER_DIGIT = 1  # images per digit kept in trajectory.npz
+
+
+def best_trials(df: pd.DataFrame, top_n: int) -> list[str]:
+    """Trial ids of the best `top_n` ok trials by quality, then the best by judge accuracy."""
+    ok = df[(df["status"] == "ok") & df["checkpoint_path"].notna()]
+    ids = list(ok.sort_values("quality", ascending=False, na_position="last")
+               ["trial_id"].head(top_n))
+    by_judge = ok.dropna(subset=["judge_acc"]).sort_values("judge_acc", ascending=False)
+    if len(by_judge) and by_judge["trial_id"].iloc[0] not in ids:
+        ids.append(by_judge["trial_id"].iloc[0])
+    return [str(i) for i in ids]
+
+
+def first_pass_steps(conf: np.ndarray, threshold: float = RECOGNISED) -> np.ndarray:
+    """conf: (S+1, N) confidence after each reverse step (row 0 is the noise). Returns (N,) the
+    first step whose confidence exceeds `threshold`, NaN for a sample that never does."""
+    above = conf > threshold
+    first = above.argmax(axis=0).astype(float)
+    first[~above.any(axis=0)] = np.nan
+    return first
+
+
+def recognisable_table(trial_id: str, conf: np.ndarray, labels: np.ndarray) -> list[dict]:
+    """Per digit: mean first recognisable step over the samples that get there, and how many do."""
+    first = first_pass_steps(conf)
+    steps = conf.shape[0] - 1
+    rows = []
+    for d in np.unique(labels):
+        f = first[labels == d]
+        passed = ~np.isnan(f)
+        mean = float(f[passed].mean()) if passed.any() else float("nan")
+        rows.append({"trial_id": trial_id, "digit": int(d), "mean_first_step": mean,
+                     "mean_first_fraction": mean / steps, "frac_pass": float(passed.mean()),
+                     "total_steps": steps, "n_samples": int(len(f)),
+                     # a judge that already reads pure noise as d makes d's step meaningless
+                     "noise_conf": float(conf[0, labels == d].mean())})
+    return rows
+
+
+def post_study(study_dir: Path, top_n: int = 2,
+               guidance_values: Sequence[float] = GUIDANCE_VALUES) -> None:
+    """Write the guidance sweep, sample scores and reverse-trajectory inputs of the report."""
+    import torch
+
+    from trainables.config import TrialConfig
+    from trainables.data import load_splits
+    from trainables.diffusion import Schedule
+    from trainables.evaluate import EvalConfig, evaluate_model
+    from trainables.judge import Judge
+    from trainables.sample import generate, load_samples, to_uint8
+    from trainables.train_loop import load_checkpoint
+
+    study_dir = Path(study_dir)
+    setup = json.loads((study_dir / "study.json").read_text())
+    df = pd.read_csv(study_dir / "results.csv")
+    out = study_dir / ANALYSIS_DIR
+    out.mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+
+    judge = Judge.from_state(torch.load(study_dir / "judge.pt", weights_only=True))
+    clip = None
+    if setup.get("clip") is not None:
+        from trainables.clip_score import ClipConfig, ClipScorer
+
+        clip = ClipScorer.load(ClipConfig(**setup["clip"]))
+    real = load_splits(TrialConfig.from_dict(setup["base"]).data).val
+    ecfg = EvalConfig(**setup["eval"])
+    _save_real_digits(out / "real_digits.npz", real, to_uint8)
+
+    sweep, scores, recognisable = [], [], []
+    ids = best_trials(df, top_n)
+    for rank, trial_id in enumerate(ids):
+        row = df[df["trial_id"] == trial_id].iloc[0]
+        cfg, _, ema, _ = load_checkpoint(study_dir / row["checkpoint_path"])
+        for w in guidance_values:
+            m = evaluate_model(ema, cfg, judge, clip, real, None, ecfg, guidance=float(w))
+            sweep.append({"trial_id": trial_id, "trained_guidance": cfg.sample.guidance, **m})
+
+        # Per-sample scores of the trial's own evaluation samples (fixed evaluation noise)
+        images, labels, _ = load_samples(study_dir / row["samples_path"])
+        probs = judge.probs(images)
+        s = pd.DataFrame({"trial_id": trial_id, "index": np.arange(len(labels)),
+                          "label": labels.numpy(),
+                          "judge_conf": probs.gather(1, labels[:, None]).squeeze(1).numpy(),
+                          "judge_pred": probs.argmax(1).numpy()})
+        if clip is not None:
+            s["clip_score"] = clip.score(images, labels)["clip_score"].numpy()
+        scores.append(s)
+
+        # Reverse trajectory with the trial's own sampler and w, scored by the judge per step
+        sc = cfg.sample
+        _, traj_labels, traj = generate(ema, Schedule.from_config(cfg.diffusion), range(10),
+                                        ecfg.n_per_digit, sc.guidance, sc.sampler, sc.steps,
+                                        sc.eta, seed=ecfg.seed, return_trajectory=True)
+        conf = np.stack([judge.probs(x).gather(1, traj_labels[:, None]).squeeze(1).numpy()
+                         for x in traj])  # (S+1, N)
+        recognisable += [{**r, "sampler": sc.sampler}
+                         for r in recognisable_table(trial_id, conf, traj_labels.numpy())]
+        if rank == 0:
+            _save_trajectory(out / "trajectory.npz", trial_id, traj, traj_labels, conf,
+                             to_uint8)
+
+    _write(out / "guidance_sweep.csv", pd.DataFrame(sweep))
+    _write(out / "sample_scores.csv", pd.concat(scores) if scores else pd.DataFrame())
+    _write(out / "recognisable_steps.csv", pd.DataFrame(recognisable))
+    seconds = time.perf_counter() - t0
+    (out / "post.json").write_text(json.dumps({
+        "trials": ids, "guidance_values": [float(w) for w in guidance_values],
+        "seconds": seconds, "recognised_threshold": RECOGNISED}, indent=1))
+    print(f"post-study: guidance sweep ({len(guidance_values)} values) and reverse trajectories "
+          f"for {len(ids)} trial(s) in {seconds:.0f}s -> {out}", flush=True)
+
+
+def _write(path: Path, df: pd.DataFrame) -> None:
+    df.to_csv(path, index=False)
+
+
+def _save_real_digits(path: Path, real, to_uint8) -> None:
+    idx = [int(np.flatnonzero(real.labels.numpy() == d)[0]) for d in range(10)
+           if (real.labels == d).any()]
+    np.savez_compressed(path, images=to_uint8(real.images[idx]), labels=real.labels[idx].numpy())
+
+
+def _save_trajectory(path: Path, trial_id: str, traj, labels, conf: np.ndarray,
+                     to_uint8) -> None:
+    steps = len(traj) - 1
+    cols = sorted({round(i * steps / (TRAJECTORY_COLUMNS - 1))
+                   for i in range(TRAJECTORY_COLUMNS)})
+    labels_np = labels.numpy()
+    rows = np.concatenate([np.flatnonzero(labels_np == d)[:TRAJECTORY_ROWS_PER_DIGIT]
+                           for d in np.unique(labels_np)])
+    np.savez_compressed(
+        path, trial_id=np.array(trial_id), steps=np.array(cols), total_steps=np.array(steps),
+        images=np.stack([to_uint8(traj[s][rows]) for s in cols]),  # (C, R, 28, 28)
+        labels=labels_np[rows], rows=rows,  # rows index conf's samples
+        conf=conf.astype(np.float32), conf_labels=labels_np)
+
+
+def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not (Path(args[0]) / "study.json").exists():
+        print("usage: python -m study.post runs/<name>  (a study directory with study.json)",
+              file=sys.stderr)
+        return 2
+    post_study(Path(args[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

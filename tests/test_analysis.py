@@ -1,0 +1,369 @@
+"""analysis/: Pareto fronts on hand-made points, every chart on a small fixture table, the
+recognisable-step measurement, reports of hand-made study directories (failed trials, no CLIP
+columns, CLIP present, nothing ok), and the report and notebook end to end on a real smoke
+study."""
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from analysis import charts, pictures, tables
+from analysis.report import SECTIONS, build_report
+from analysis.results import CLIP_COLUMNS, load_study
+from study.post import first_pass_steps, recognisable_table
+from study.results import COLUMNS
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "analysis" / "cost_vs_quality.ipynb"
+
+
+# --- Pareto fronts ---------------------------------------------------------------------------
+
+def _points(*rows) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["trial_id", "quality", "train_cost_s"])
+
+
+def test_pareto_keeps_ties_and_drops_dominated_points():
+    df = _points(("a", 0.9, 10.0), ("b", 0.9, 10.0),  # an exact tie: both stay
+                 ("c", 0.9, 12.0),  # same quality, dearer than a: dominated
+                 ("d", 0.5, 5.0), ("e", 0.4, 6.0),  # e: worse and dearer than d
+                 ("f", 0.95, 20.0), ("g", 0.5, 5.0),  # g ties d
+                 ("h", 0.3, 4.0), ("i", np.nan, 1.0))  # h: cheapest; i: failed
+    front = tables.pareto_front(df)
+    assert sorted(front["trial_id"]) == ["a", "b", "d", "f", "g", "h"]
+    assert front["train_cost_s"].is_monotonic_increasing  # listed cheapest first
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ([], []),
+    ([("only", 0.1, 3.0)], ["only"]),
+    ([("x", 0.5, 5.0), ("y", 0.5, 4.0)], ["y"]),  # same quality, cheaper wins
+    ([("x", 0.5, 5.0), ("y", 0.6, 5.0)], ["y"]),  # same cost, better wins
+])
+def test_pareto_small_cases(rows, expected):
+    assert list(tables.pareto_front(_points(*rows))["trial_id"]) == expected
+
+
+# --- Recognisable step -----------------------------------------------------------------------
+
+def test_first_recognisable_step_is_measured_per_sample():
+    conf = np.array([[0.1, 0.1, 0.1],   # step 0 (noise)
+                     [0.2, 0.6, 0.1],
+                     [0.7, 0.4, 0.2],   # sample 1 dips again: the *first* pass counts
+                     [0.9, 0.9, 0.3]])  # sample 2 never passes 0.5
+    first = first_pass_steps(conf)
+    assert first[:2].tolist() == [2, 1] and np.isnan(first[2])
+    rows = recognisable_table("t", conf, np.array([4, 4, 7]))
+    four, seven = rows
+    assert four["mean_first_step"] == 1.5 and four["frac_pass"] == 1.0
+    assert four["mean_first_fraction"] == 0.5 and four["total_steps"] == 3
+    assert np.isnan(seven["mean_first_step"]) and seven["frac_pass"] == 0.0
+    assert four["noise_conf"] == pytest.approx(0.1)
+
+
+# --- Charts on a small fixture table ---------------------------------------------------------
+
+@pytest.fixture
+def table() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (d, w) in enumerate([(2, 8), (2, 16), (3, 8), (3, 16), (2, 8), (3, 16)]):
+        rows.append({"trial_id": f"t{i}", "status": "ok", "stop_reason": "completed",
+                     "depth": d, "width": w, "lr": 10 ** rng.uniform(-4, -2.5),
+                     "guidance": rng.uniform(0, 6), "quality": rng.uniform(0.2, 0.9),
+                     "clip_top": rng.uniform(20, 30), "frechet": rng.uniform(10, 300),
+                     "train_cost_s": rng.uniform(5, 50), "train_gflops": rng.uniform(1e2, 1e4)})
+    rows.append({"trial_id": "bad", "status": "failed", "stop_reason": "error",
+                 "error": "RuntimeError: boom", "depth": 3, "width": 8, "lr": 1e-3,
+                 "guidance": 1.0})
+    df = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    df["judge_acc"] = df["quality"]
+    return df
+
+
+def _png(fig) -> bytes:
+    assert isinstance(fig, Figure)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=40)
+    assert buf.tell() > 1000
+    return buf.getvalue()
+
+
+def test_cost_quality_chart(table):
+    ok = table[table["status"] == "ok"]
+    qs, costs = ["clip_top", "judge_acc"], list(tables.COSTS)
+    fig = charts.cost_quality(ok, qs, costs, tables.fronts(ok, qs, costs), {"judge_acc": 0.95})
+    assert len(fig.axes) == 4
+    _png(fig)
+
+
+def test_axis_charts(table):
+    ok = table[table["status"] == "ok"]
+    _png(charts.axis_heatmaps(ok, "judge_acc"))
+    _png(charts.axis_effects(ok, "judge_acc"))
+    imp = pd.DataFrame({"objective": ["quality"] * 2 + ["train_cost_s"] * 2,
+                        "param": ["lr", "width"] * 2, "importance": [0.7, 0.3, 0.1, 0.9]})
+    _png(charts.importance_chart(imp))
+
+
+def test_guidance_curves_chart():
+    ws = [0, 1, 2, 4]
+    sweep = pd.DataFrame({"trial_id": np.repeat(["a", "b"], 4), "guidance": ws * 2,
+                          "trained_guidance": [1.5] * 4 + [3.0] * 4,
+                          "judge_acc": [0.3, 0.6, 0.8, 0.9] * 2,
+                          "frechet": [50, 20, 25, 60] * 2, "clip_top": [np.nan] * 8})
+    fig = charts.guidance_curves(sweep, ["clip_top", "judge_acc", "frechet"])
+    assert len(fig.axes) == 2  # the all-empty CLIP column is left out
+    _png(fig)
+
+
+def _scores(clip: bool) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    n = 40
+    s = pd.DataFrame({"trial_id": np.repeat(["a", "b"], n), "index": np.tile(np.arange(n), 2),
+                      "label": np.tile(np.repeat(np.arange(10), 4), 2),
+                      "judge_conf": rng.uniform(size=2 * n),
+                      "judge_pred": rng.integers(0, 10, 2 * n)})
+    if clip:
+        s["clip_score"] = rng.uniform(18, 30, 2 * n)
+    return s
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_per_digit_and_selection_gain_charts(clip):
+    long = pd.DataFrame({"trial_id": np.repeat(["real", "a"], 10), "digit": np.tile(range(10), 2),
+                         "judge_acc": np.linspace(0, 1, 20), "judge_conf": np.linspace(1, 0, 20)})
+    if clip:
+        long["clip_top"] = np.linspace(20, 30, 20)
+    fig = charts.per_digit_chart(long, ["judge_acc", "judge_conf", "clip_top"])
+    assert len([a for a in fig.axes if a.get_title()]) == (3 if clip else 2)
+    _png(fig)
+    gain = tables.selection_gain(_scores(clip), k=3)
+    assert len(gain) == 20 and (gain["judge_acc_top"] >= 0).all()
+    assert ("clip_gain" in gain) == clip and (not clip or (gain["clip_gain"] >= 0).all())
+    _png(charts.selection_gain_chart(gain, 3, 4))
+
+
+def test_training_and_recognisability_charts():
+    hist = pd.DataFrame({"trial_id": np.repeat(["a", "b"], 3), "epoch": [1, 2, 3] * 2,
+                         "train_loss": [0.5, 0.3, 0.2] * 2, "val_loss": [0.4, 0.3, 0.25] * 2,
+                         "lr": [1e-3] * 6, "probe_judge_acc": [0.1, 0.4, 0.8] * 2})
+    _png(charts.training_curves(hist))
+    conf = np.linspace(0, 1, 6 * 20).reshape(6, 20)
+    _png(charts.recognisability_curve(conf, np.repeat(np.arange(10), 2), steps={0: 3.0}))
+
+
+def test_picture_functions():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    labels = np.repeat(np.arange(10), 4)
+    scores = rng.uniform(size=40)
+    assert pictures.top_k_indices(scores, labels, 3, 2).tolist() == \
+        sorted(range(12, 16), key=lambda i: -scores[i])[:2]
+    _png(pictures.top_k_grids(images, labels, {"CLIP": scores, "judge": 1 - scores}, 3))
+    _png(pictures.noise_progression(images[:3], timesteps=50))
+    traj = {"images": rng.integers(0, 256, (4, 10, 28, 28), dtype=np.uint8),
+            "steps": np.array([0, 2, 4, 5]), "labels": np.arange(10), "rows": np.arange(10),
+            "conf": np.linspace(0, 1, 6 * 10).reshape(6, 10), "total_steps": np.array(5),
+            "trial_id": np.array("t0")}
+    _png(pictures.generation_steps(traj))
+
+
+def test_markdown_table():
+    md = tables.to_markdown(pd.DataFrame({"a": [1.23456, np.nan], "b": ["x|y", "z"]}))
+    assert md.splitlines() == ["| a | b |", "|---|---|", "| 1.235 | x\\|y |", "|  | z |"]
+
+
+# --- Reports of hand-made study directories --------------------------------------------------
+
+def _fake_study(root: Path, clip: bool, ok: bool = True, drop_clip_columns: bool = False) -> Path:
+    """A study directory written by hand: an ok trial (samples, per-digit table, history)
+    unless `ok` is False, a failed trial and an early-stopped one."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    rows = [{"trial_id": "bad1", "status": "failed", "stop_reason": "error",
+             "error": "RuntimeError: CUDA out of memory (boom)", "depth": 3, "width": 64,
+             "lr": 3e-3, "guidance": 4.0, "confirm_of": None}]
+    if ok:
+        base = {"status": "ok", "depth": 2, "width": 8, "confirm_of": None, "params": 1000,
+                "forward_gflops": 0.01, "images_seen": 1000, "train_gflops": 30.0,
+                "trial_wall_s": 20.0, "workers": 1, "epochs_run": 2}
+        for tid, reason, q in (("good", "completed", 0.6), ("early", "early_stop", 0.4)):
+            row = {**base, "trial_id": tid, "stop_reason": reason, "lr": 1e-3 * (1 + q),
+                   "guidance": 2.0, "quality": q, "judge_acc": q, "judge_conf": q,
+                   "frechet": 100 * (1 - q), "train_cost_s": 10 * q, "train_seconds": 10 * q,
+                   "samples_path": f"trials/{tid}/samples.npz"}
+            if clip:
+                row.update(clip_top=25 * q, clip_all=20 * q, clip_gain=5 * q)
+                row["quality"] = row["clip_top"]
+            rows.append(row)
+            tdir = root / "trials" / tid
+            tdir.mkdir(parents=True)
+            labels = np.repeat(np.arange(10), 4)
+            np.savez_compressed(tdir / "samples.npz",
+                                images=rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
+                                labels=labels, config=np.array("{}"),
+                                judge_conf=rng.uniform(size=40).astype(np.float32))
+            per_digit = pd.DataFrame({"digit": range(10), "judge_acc": rng.uniform(size=10),
+                                      "judge_conf": rng.uniform(size=10)})
+            if clip:
+                per_digit["clip_top"] = rng.uniform(20, 30, 10)
+            per_digit.to_csv(tdir / "per_digit.csv", index=False)
+            history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "lr": 1e-3,
+                        "probe_judge_acc": 0.2 * e} for e in (1, 2)]
+            (tdir / "outcome.json").write_text(json.dumps({"metrics": {}, "history": history}))
+    df = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    if drop_clip_columns:
+        df = df.drop(columns=list(CLIP_COLUMNS))
+    df.to_csv(root / "results.csv", index=False)
+    setup = {"name": root.name, "quality_metric": "clip_top" if clip else "judge_acc",
+             "clip": {"model": "tiny"} if clip else None, "eval": {"n_per_digit": 4, "top_k": 3},
+             "base": {"diffusion": {"timesteps": 50, "schedule": "linear"}},
+             "versions": {"python": "3.x"}, "machine": {"cpus": 2}}
+    (root / "study.json").write_text(json.dumps(setup))
+    if clip and ok:
+        scores = _scores(clip=True)
+        scores["trial_id"] = scores["trial_id"].map({"a": "good", "b": "early"})
+        (root / "analysis").mkdir()
+        scores.to_csv(root / "analysis" / "sample_scores.csv", index=False)
+    return root
+
+
+def _check_page(index: Path) -> str:
+    page = index.read_text()
+    for sid, title in SECTIONS:
+        assert f"<section id='{sid}'><h2>{title}</h2>" in page
+    images = re.findall(r"<img src='([^']+)'", page)
+    for name in images:
+        assert (index.parent / name).stat().st_size > 1000, name
+    assert "could not be drawn" not in page
+    return page
+
+
+def test_report_of_failed_trials_without_clip_columns(tmp_path):
+    study_dir = _fake_study(tmp_path / "nocl", clip=False, drop_clip_columns=True)
+    study = load_study(study_dir)
+    assert not study.clip_enabled and study.results["clip_top"].isna().all()
+    page = _check_page(build_report(study_dir))
+    assert "CLIP DISABLED" in page and "no CLIP columns" in page
+    assert "1 trial(s) FAILED" in page and "CUDA out of memory (boom)" in page
+    assert "early_stop" in page and "reference.json is missing" in page
+    assert "Hyperparameter importance: no optuna.db" in page
+    assert "No guidance sweep" in page
+    summary = (study_dir / "report" / "summary.md").read_text()
+    assert "**CLIP DISABLED**" in summary and "(boom)" in summary and "best trial good" in summary
+
+
+def test_report_with_clip_shows_clip_views(tmp_path):
+    study_dir = _fake_study(tmp_path / "cl", clip=True)
+    page = _check_page(build_report(study_dir))
+    assert "CLIP DISABLED" not in page
+    assert "top 3 by" in page or "top3_good.png" in page
+    assert (study_dir / "report" / "selection_gain.png").exists()
+    assert "clip_top" in (study_dir / "report" / "summary.md").read_text()
+
+
+def test_report_when_every_trial_failed(tmp_path):
+    study_dir = _fake_study(tmp_path / "allbad", clip=False, ok=False)
+    page = _check_page(build_report(study_dir))
+    assert "No successful trial" in page
+    assert "no successful trial" in (study_dir / "report" / "summary.md").read_text()
+
+
+def test_report_of_a_study_with_no_finished_trial(tmp_path):
+    study_dir = tmp_path / "fresh"
+    study_dir.mkdir()
+    pd.DataFrame(columns=COLUMNS).to_csv(study_dir / "results.csv", index=False)
+    (study_dir / "study.json").write_text(json.dumps({"name": "fresh", "clip": None}))
+    page = _check_page(build_report(study_dir))
+    assert "No trial has finished yet" in page and "No successful trial" in page
+
+
+def test_analysis_never_imports_ray():
+    code = ("import sys, analysis.report, analysis.charts, analysis.pictures, analysis.tables; "
+            "sys.exit('ray' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_report_cli_rejects_non_study_dirs(tmp_path, make):
+    target = tmp_path / "nothing"
+    if make == "empty":
+        target.mkdir()
+    p = subprocess.run([sys.executable, "-m", "analysis.report", str(target)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    err = p.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+
+
+def test_notebook_is_committed_without_outputs():
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert code[0].source.startswith("STUDY_DIR = ")
+
+
+# --- End to end on a real smoke study --------------------------------------------------------
+
+@pytest.mark.slow
+def test_study_run_writes_post_study_inputs_and_report(analysis_smoke_study):
+    study_dir = analysis_smoke_study
+    log = (study_dir.parent / "run.log").read_text()
+    assert "post-study:" in log and "report: " in log and "warning:" not in log
+    post = study_dir / "analysis"
+    sweep = pd.read_csv(post / "guidance_sweep.csv")
+    assert sorted(sweep["guidance"].unique()) == [0, 0.5, 1, 2, 3, 4, 6]
+    assert sweep["trial_id"].nunique() == 2 and sweep["judge_acc"].between(0, 1).all()
+    rec = pd.read_csv(post / "recognisable_steps.csv")
+    assert len(rec) == 20 and rec["frac_pass"].between(0, 1).all()
+    with np.load(post / "trajectory.npz") as z:
+        assert z["conf"].shape[0] == int(z["total_steps"]) + 1
+        assert z["images"].shape[1:] == (10, 28, 28)
+    assert (study_dir / "report" / "index.html").exists()
+
+
+@pytest.mark.slow
+def test_report_cli_end_to_end(analysis_smoke_study):
+    study_dir = analysis_smoke_study
+    p = subprocess.run([sys.executable, "-m", "analysis.report", str(study_dir)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    index = study_dir / "report" / "index.html"
+    assert p.stdout.strip() == f"report: {index}"
+    page = _check_page(index)
+    images = set(re.findall(r"<img src='([^']+)'", page))
+    expected = {"cost_quality.png", "depth_width.png", "lr_guidance.png", "importance.png",
+                "guidance.png", "per_digit.png", "selection_gain.png", "noise_progression.png",
+                "generation_steps.png", "recognisable.png", "training_curves.png"}
+    assert expected <= images and any(i.startswith("top3_") for i in images)
+    assert "CLIP DISABLED" in page and "Every trial completed its budget" in page
+    assert "Recognisable step per digit" in page
+    summary = (study_dir / "report" / "summary.md").read_text()
+    assert "Pareto front" in summary and "trials: 2 (2 ok, 0 failed)" in summary
+
+
+@pytest.mark.slow
+def test_notebook_runs_on_the_smoke_study(analysis_smoke_study):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    params = next(c for c in nb.cells if c.cell_type == "code")
+    params.source = f"STUDY_DIR = {str(analysis_smoke_study)!r}"
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    pngs = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) >= 10  # every chart and picture of sections 1-6
