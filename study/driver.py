@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 # Set before Ray is imported: quiet, deterministic local runs.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+# The dashboard's Train page lists Train runs only with state tracking on.
+os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
 # Worker reports carry per-epoch metrics; the objectives arrive with each trial's final row.
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
@@ -29,11 +32,12 @@ DRIVER_CPU = 0.01  # each trial's driver function; its workers hold the real res
 
 
 def init_ray(address: str | None) -> None:
-    """Attach to `address`, or start a local Ray with the dashboard bound to 127.0.0.1."""
+    """Attach to `address` (or to $RAY_ADDRESS, which Ray sets inside a Ray Job), or start a
+    local Ray with the dashboard bound to 127.0.0.1."""
     # Workers import the project; an editable install suffices, a plain checkout needs this.
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    if address:
+    if address or os.environ.get("RAY_ADDRESS"):
         ctx = ray.init(address=address)
     else:
         ctx = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
@@ -49,7 +53,8 @@ def _object_store_bytes() -> int:
 def size_trials(setup: dict) -> dict:
     """Concurrent trials and per-worker CPU/GPU shares from the cluster's resources."""
     res = ray.cluster_resources()
-    cpus, gpus = res.get("CPU", 1), res.get("GPU", 0)
+    # An autoscaling cluster may show fewer GPUs than it brings up (--gpus, set by --cluster).
+    cpus, gpus = res.get("CPU", 1), max(res.get("GPU", 0), setup.get("gpus") or 0)
     workers = setup["workers_per_trial"]
     use_gpu = setup["use_gpu"] and gpus > 0
     if use_gpu:
@@ -62,7 +67,7 @@ def size_trials(setup: dict) -> dict:
     cpus_per_worker = math.floor(100 * (cpus - DRIVER_CPU * concurrent) / (concurrent * workers))
     return {**setup, "use_gpu": use_gpu, "gpus_per_worker": gpus_per_worker,
             "cpus_per_worker": max(cpus_per_worker / 100, 0.01), "concurrent": concurrent,
-            "storage_path": str(Path(setup["study_dir"]) / "ray")}
+            "storage_path": setup.get("storage_path") or str(Path(setup["study_dir"]) / "ray")}
 
 
 def trainable(setup: dict):
@@ -79,15 +84,24 @@ def run_study(setup: dict, resume: bool = False) -> int:
     study_dir = Path(setup["study_dir"])
     init_ray(setup.get("address"))
     try:
+        nodes = sum(n["Alive"] for n in ray.nodes())
+        if nodes > 1 and not setup.get("storage_shared"):
+            from study.cluster import ClusterError, refuse_node_local
+
+            try:
+                refuse_node_local(None, False, f"this Ray cluster has {nodes} nodes")
+            except ClusterError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
         setup = size_trials(setup)
         print(f"study {setup['name']}: {setup['num_trials']} trials, {setup['concurrent']} at a "
               f"time, {setup['workers_per_trial']} worker(s) each "
               f"({setup['cpus_per_worker']} CPU" + (f", {setup['gpus_per_worker']:.2f} GPU"
                                                      if setup["use_gpu"] else "") + " per worker)",
               flush=True)
-        tune_path = study_dir / "ray" / setup["name"]
-        if resume and tune.Tuner.can_restore(str(tune_path)):
-            tuner = tune.Tuner.restore(str(tune_path), trainable=trainable(setup),
+        tune_path = f"{setup['storage_path'].rstrip('/')}/{setup['name']}"
+        if resume and tune.Tuner.can_restore(tune_path):
+            tuner = tune.Tuner.restore(tune_path, trainable=trainable(setup),
                                        resume_unfinished=True, resume_errored=True)
         else:
             tuner = make_tuner(setup)
@@ -95,6 +109,22 @@ def run_study(setup: dict, resume: bool = False) -> int:
         if setup["confirm_seeds"] > 0:
             confirm_pareto(setup)
         print_summary(setup)
+        # Report inputs that need the checkpoints, then the report itself; the results are
+        # already on disk, so a failure here only costs the report (rebuild it by hand).
+        try:
+            from study.post import post_study
+
+            post_study(study_dir)
+        except Exception as e:
+            print(f"warning: post-study evaluation failed ({type(e).__name__}: {e}); "
+                  f"retry with `python -m study.post {study_dir}`", flush=True)
+        try:
+            from analysis.report import build_report
+
+            print(f"report: {build_report(study_dir)}", flush=True)
+        except Exception as e:
+            print(f"warning: report failed ({type(e).__name__}: {e}); retry with "
+                  f"`python -m analysis.report {study_dir}`", flush=True)
     finally:
         ray.shutdown()
     return 0
@@ -124,10 +154,13 @@ def confirm_pareto(setup: dict) -> None:
     """Re-train each Pareto-front configuration with `confirm_seeds` further seeds."""
     df = results.read_results(setup["study_dir"])
     front = results.pareto_front(df[df["confirm_of"].isna()])
+    done = set(zip(df["confirm_of"].dropna(), df.loc[df["confirm_of"].notna(), "seed"],
+                   strict=True))  # a resumed study does not confirm twice
     configs = [{"depth": int(r.depth), "width": int(r.width), "lr": float(r.lr),
                 "guidance": float(r.guidance), "seed": setup["seed"] + 1 + s,
                 "confirm_of": r.trial_id}
-               for r in front.itertuples() for s in range(setup["confirm_seeds"])]
+               for r in front.itertuples() for s in range(setup["confirm_seeds"])
+               if (r.trial_id, setup["seed"] + 1 + s) not in done]
     if not configs:
         return
     print(f"confirming {len(front)} Pareto configurations with {setup['confirm_seeds']} more "

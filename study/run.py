@@ -3,6 +3,7 @@
     python study/run.py                        # local study, preset chosen by the hardware found
     python study/run.py --preset smoke --dataset digits --no-clip
     python study/run.py --name cpu-1 --resume  # continue an interrupted study
+    python study/run.py --cluster cluster.yaml --storage-path s3://bucket/runs   # on a cluster
 
 Every trial trains one conditional U-Net (depth, width, lr searched) and is judged at its
 guidance weight w: CLIP-top-3 (the headline, unless --no-clip) beside the digit judge's
@@ -34,8 +35,11 @@ class UsageError(ValueError):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    # allow_abbrev=False: the cluster path forwards argv to the job minus client-only options,
+    # which it recognises by their full names.
     p = argparse.ArgumentParser(prog="python study/run.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     g = p.add_argument_group("study")
     g.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (default: gpu when CUDA is "
                    "present, else cpu): " + "; ".join(f"{k}: {v.description}"
@@ -56,9 +60,24 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "cluster (default: sqlite:///runs/<name>/optuna.db)")
     r = p.add_argument_group("resources")
     r.add_argument("--workers-per-trial", type=int, help="DDP workers per trial")
-    r.add_argument("--trials-per-gpu", type=int, default=4,
-                   help="trials sharing one GPU (fractional GPUs; default %(default)s)")
-    r.add_argument("--address", help="attach to a running Ray cluster instead of a local one")
+    r.add_argument("--trials-per-gpu", type=int, default=2,
+                   help="trials sharing one GPU (fractional GPUs; default %(default)s: on an H200 "
+                        "2 trials kept 97%% of one trial's speed each, 4 only 57%%)")
+    r.add_argument("--address", help="attach to a running Ray cluster instead of a local one; "
+                   "an http(s):// dashboard URL submits the study there as a Ray Job")
+    r.add_argument("--gpus", type=int, help="GPUs the study may use (default: those Ray finds "
+                   "when it starts); --cluster sets it from cluster.yaml's GPU workers, which "
+                   "are then brought up as trials need them")
+    k = p.add_argument_group("cluster (see cluster.yaml and study/cluster.py)")
+    k.add_argument("--cluster", type=Path, metavar="CLUSTER_YAML",
+                   help="bring up (or reuse) this Ray cluster and run the study on it as a Ray "
+                        "Job; the study directory is fetched into --output-dir at the end")
+    k.add_argument("--storage-path", help="where the study directory <name>/ is written, "
+                   "reachable from every node: s3://… or gs://… (Tune's state goes there "
+                   "directly, the rest when the study ends), or a path (with --shared-fs when "
+                   "every node mounts it). Default: --output-dir, for one-node runs")
+    k.add_argument("--shared-fs", action="store_true",
+                   help="--storage-path is a mount every node shares (NFS, EFS, …)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", choices=DATASETS, default=default_dataset(),
                    help="default: $STUDY_DATASET, else mnist-idx if $STUDY_DATA_DIR is set, "
@@ -80,9 +99,11 @@ def resolve(args: argparse.Namespace) -> dict:
     UsageError before anything is written or trained."""
     import torch
 
+    from study import cluster
     from trainables.config import TrialConfig
 
-    cuda = torch.cuda.is_available()
+    # A CPU head node plans for the GPUs its cluster brings up (--gpus; see study/cluster.py).
+    cuda = torch.cuda.is_available() or bool(args.gpus)
     preset_name = args.preset or ("gpu" if cuda else "cpu")
     if preset_name not in PRESETS:
         raise UsageError(f"unknown preset {preset_name!r}: use one of {', '.join(PRESETS)}")
@@ -97,7 +118,8 @@ def resolve(args: argparse.Namespace) -> dict:
         raise UsageError("--workers-per-trial and --trials-per-gpu must be >= 1, "
                          "--confirm-seeds >= 0")
     name = args.name or f"{preset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    study_dir = (args.output_dir / name).resolve()
+    cluster.check_storage_path(args.storage_path)
+    study_dir = (cluster.study_root(args.storage_path, args.output_dir) / name).resolve()
     storage = args.storage or f"sqlite:///{study_dir / 'optuna.db'}"
     _check_storage_url(storage)
 
@@ -116,7 +138,10 @@ def resolve(args: argparse.Namespace) -> dict:
         "num_trials": num_trials, "space": space.to_dict(), "seed": args.seed,
         "confirm_seeds": args.confirm_seeds, "workers_per_trial": workers,
         "trials_per_gpu": args.trials_per_gpu, "use_gpu": cuda, "address": args.address,
-        "storage": storage, "base": base.to_dict(), "clip": clip,
+        "storage": storage, "base": base.to_dict(), "clip": clip, "gpus": args.gpus,
+        # Tune/Train storage: an object-store URI, or None for <study_dir>/ray
+        "storage_path": cluster.tune_storage(args.storage_path, name),
+        "storage_shared": cluster.is_remote(args.storage_path) or args.shared_fs,
         "eval": {"n_per_digit": preset.eval_n_per_digit, "top_k": min(3, preset.eval_n_per_digit)},
         "quality_metric": "judge_acc" if clip is None else "clip_top",
         "worker_retries": 2,
@@ -208,19 +233,35 @@ def _machine() -> dict:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    from study import cluster
     from trainables.clip_score import ClipLoadError
     from trainables.data import DataError
 
+    remote = cluster.is_remote(args.storage_path)
     try:
+        if args.cluster or cluster.is_jobs_url(args.address):  # submit to a cluster
+            config = cluster.load_cluster_config(args.cluster) if args.cluster else None
+            args.name = args.name or f"{args.preset or 'study'}-{time.strftime('%Y%m%d-%H%M%S')}"
+            resolve(args)  # the study's options are checked here, before any cloud cost
+            return cluster.submit(argv, name=args.name, output_dir=args.output_dir,
+                                  storage_path=args.storage_path, shared_fs=args.shared_fs,
+                                  config=config, address=args.address, gpus=args.gpus)
         setup = resolve(args)
+        if remote and args.resume:
+            cluster.pull_study(args.storage_path, setup["name"], Path(setup["study_dir"]))
         setup = prepare(setup, args.resume)
-    except (UsageError, DataError, ClipLoadError, ValueError) as e:
+    except (UsageError, cluster.ClusterError, DataError, ClipLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from study.driver import run_study
 
-    return run_study(setup, resume=args.resume)
+    try:
+        return run_study(setup, resume=args.resume)
+    finally:
+        if remote:  # Tune's state is there already; results, Optuna db, trials/ follow
+            cluster.push_study(Path(setup["study_dir"]), args.storage_path, setup["name"])
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ def run_trial(params: dict, setup: dict) -> None:
                                            resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=train.RunConfig(
-            name=f"{ctx.get_experiment_name()}_train_{trial_id}",
+            # Deterministic per trial (a retried trial resumes from its checkpoints) and readable
+            # in the dashboard's Train page.
+            name=f"{ctx.get_experiment_name()}_train_{trial_id}_d{cfg.model.depth}w{cfg.model.width}",
             storage_path=setup["storage_path"],
             callbacks=[TuneReportCallback()],
             failure_config=train.FailureConfig(max_failures=setup["worker_retries"]),

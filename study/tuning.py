@@ -50,9 +50,9 @@ class Finalizer:
         if result.get("final"):
             row = dict(result)
             if row.get("final_checkpoint"):
-                tune.Checkpoint(row["final_checkpoint"]).to_directory(str(trial_dir))
+                self._checkpoint(row["final_checkpoint"]).to_directory(str(trial_dir))
         elif result.get("checkpoint_path"):  # stopped by ASHA after at least one epoch
-            tune.Checkpoint(result["checkpoint_path"]).to_directory(str(trial_dir))
+            self._checkpoint(result["checkpoint_path"]).to_directory(str(trial_dir))
             row = self._evaluate_stopped(trial_id, result, config, trial_dir)
         else:
             row = {"trial_id": trial_id, **describe(self._config(config)), "status": "failed",
@@ -68,6 +68,13 @@ class Finalizer:
             row["train_gflops"] = 3 * row["forward_gflops"] * row["images_seen"]
         results.upsert(self.study_dir, row)
         return row
+
+    def _checkpoint(self, path: str) -> tune.Checkpoint:
+        """Train reports object-store checkpoint paths without their scheme: put it back."""
+        storage = self.setup.get("storage_path") or ""
+        if "://" in storage and "://" not in path:
+            path = f"{storage.split('://')[0]}://{path}"
+        return tune.Checkpoint(path)
 
     def _config(self, config: dict):
         return trial_config(self.setup["base"], config)
