@@ -106,6 +106,7 @@ class Finalizer:
             "final_train_loss": result.get("train_loss"),
             "final_val_loss": result.get("val_loss"), PROBE: result.get(PROBE),
             "trial_wall_s": wall, "worker_seconds": wall * workers,
+            "startup_s": wall - train_s,  # includes the per-epoch probes (not timed apart here)
             "quality_metric": self.setup["quality_metric"],
             QUALITY: m.get(self.setup["quality_metric"]), COST: train_s,
         }
