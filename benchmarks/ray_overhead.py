@@ -55,7 +55,9 @@ def main(argv=None) -> None:
         plain = fit(cfg, LocalSession(Path(tmp) / "plain", verbose=False), splits)
     plain_ips = plain.history[-1]["images_per_s"]
 
-    ray.init(address="local", num_cpus=threads, include_dashboard=False)
+    # the dashboard stays on: without it Train V2 logs "Failed to query ... actor state" forever
+    ray.init(address="local", num_cpus=threads, include_dashboard=True,
+             dashboard_host="127.0.0.1")
     try:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
