@@ -113,3 +113,32 @@ def test_bad_input_is_one_line_exit_2(args, match, tmp_path):
     err = p.stderr.strip()
     assert err.count("\n") == 0 and match in err and "Traceback" not in err
     assert not any(tmp_path.glob("*/study.json"))  # nothing written
+
+
+@pytest.mark.slow
+def test_asha_stopped_trial_is_evaluated_from_its_checkpoint(smoke_study, tmp_path):
+    """A trial stopped by ASHA has no final report: the Finalizer evaluates its last epoch
+    checkpoint with the study's own protocol, so Optuna and the table get measured values."""
+    import shutil
+
+    from study.tuning import Finalizer
+
+    study_dir, _, _, _ = smoke_study
+    copy = tmp_path / "study"
+    shutil.copytree(study_dir, copy, ignore=shutil.ignore_patterns("ray"))
+    done = pd.read_csv(copy / "results.csv").iloc[0]
+    epoch_ckpt = tmp_path / "epoch_checkpoint"
+    epoch_ckpt.mkdir()
+    shutil.copy(copy / done["checkpoint_path"], epoch_ckpt / "checkpoint.pt")
+    last_result = {"checkpoint_path": str(epoch_ckpt), "epoch": 1, "train_seconds": 2.0,
+                   "images_per_s": 800.0, "time_total_s": 12.0, "train_loss": 0.5,
+                   "val_loss": 0.4, "probe_judge_acc": 0.1}
+    config = {"depth": int(done["depth"]), "width": int(done["width"]),
+              "lr": float(done["lr"]), "guidance": float(done["guidance"])}
+    row = Finalizer(copy)("stopped1", last_result, config)
+    assert row["status"] == "ok" and row["stop_reason"] == "asha"
+    assert row["quality"] == row["clip_top"] is not None and row["train_cost_s"] == 2.0
+    assert row["startup_s"] == pytest.approx(10.0) and row["images_seen"] == 1600
+    table = pd.read_csv(copy / "results.csv").set_index("trial_id")
+    assert table.loc["stopped1", "stop_reason"] == "asha"
+    assert (copy / table.loc["stopped1", "samples_path"]).exists()
