@@ -29,6 +29,7 @@ from study.tuning import ResultsCallback, StudySearch, make_scheduler  # noqa: E
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER_CPU = 0.01  # each trial's driver function; its workers hold the real resources
+OBJECT_STORE_BYTES = 512 * 1024**2  # samples and checkpoints are small; Ray's default is 30% RAM
 
 
 def init_ray(address: str | None) -> None:
@@ -41,13 +42,9 @@ def init_ray(address: str | None) -> None:
         ctx = ray.init(address=address)
     else:
         ctx = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
-                       num_cpus=os.cpu_count(), object_store_memory=_object_store_bytes())
+                       num_cpus=os.cpu_count(), object_store_memory=OBJECT_STORE_BYTES)
     url = ctx.dashboard_url
     print(f"Ray dashboard: http://{url}" if url else "Ray dashboard: not running", flush=True)
-
-
-def _object_store_bytes() -> int:
-    return 512 * 1024**2  # samples and checkpoints are small; Ray's default takes 30% of RAM
 
 
 def size_trials(setup: dict) -> dict:
@@ -180,7 +177,7 @@ def print_summary(setup: dict) -> None:
     q = setup["quality_metric"]
     print(f"\n{len(df)} trials; {int((df['status'] == 'ok').sum())} ok, "
           f"{int((df['status'] != 'ok').sum())} failed. Quality = {q}.")
-    front = results.pareto_front(df[df["confirm_of"].isna()] if "confirm_of" in df else df)
+    front = results.pareto_front(df[df["confirm_of"].isna()])
     cols = ["trial_id", "depth", "width", "lr", "guidance", "quality", "judge_acc", "frechet",
             "train_cost_s", "params"]
     print("Pareto front (quality up, training seconds down):")

@@ -87,13 +87,8 @@ class Finalizer:
         judge, clip, real = self._tools()
         cfg, _, ema, _ = load_checkpoint(trial_dir)
         m = evaluate_model(ema, cfg, judge, clip, real, trial_dir,
-                           EvalConfig(**self.setup["eval"]))
-        from trainables import figures
-        from trainables.sample import load_samples
-
-        images, labels, _ = load_samples(trial_dir / "samples.npz")
-        figures.close(figures.sample_grid(images, labels, path=trial_dir / "samples.png",
-                                          title=f"w = {cfg.sample.guidance:.2f} (stopped early)"))
+                           EvalConfig(**self.setup["eval"]),
+                           grid_title=f"w = {cfg.sample.guidance:.2f} (stopped early)")
         train_s = result.get("train_seconds", 0.0)
         workers = self.setup["workers_per_trial"]
         wall = result.get("time_total_s", train_s)

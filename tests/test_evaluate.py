@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables.data import DataConfig, Digits, load_splits
+from trainables.data import DataConfig, load_splits
 from trainables.evaluate import (
     EvalConfig,
     frechet_distance,
@@ -126,7 +126,3 @@ def test_eval_config_validation():
     with pytest.raises(ValueError, match="top_k=11"):
         EvalConfig(n_per_digit=10, top_k=11)
 
-
-def test_digits_helper_dataclass():
-    d = Digits(torch.zeros(3, 1, 28, 28), torch.tensor([0, 1, 2]))
-    assert len(d) == 3

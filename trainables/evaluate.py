@@ -136,11 +136,11 @@ def reference_row(real: Digits, judge: Judge, clip, ecfg: EvalConfig = EvalConfi
 
 def evaluate_model(ema, cfg: TrialConfig, judge: Judge, clip, real: Digits,
                    out_dir: Path | None, ecfg: EvalConfig = EvalConfig(),
-                   guidance: float | None = None) -> dict:
+                   guidance: float | None = None, grid_title: str = "") -> dict:
     """Generate n_per_digit samples per digit from the fixed evaluation noise and score them.
 
-    Writes samples.npz and per_digit.csv into out_dir (when given). Returns a flat dict of
-    metrics, including the evaluation's own cost.
+    Writes samples.npz, per_digit.csv and the samples.png grid into out_dir (when given).
+    Returns a flat dict of metrics, including the evaluation's own cost.
     """
     sc = cfg.sample
     w = sc.guidance if guidance is None else guidance
@@ -162,6 +162,10 @@ def evaluate_model(ema, cfg: TrialConfig, judge: Judge, clip, real: Digits,
         save_samples(out_dir / "samples.npz", images, labels, cfg.to_dict(),
                      judge_conf=judge.probs(images).gather(1, labels[:, None]).squeeze(1).numpy())
         pd.DataFrame(per_digit).to_csv(out_dir / "per_digit.csv", index=False)
+        from trainables import figures  # matplotlib: only when writing outputs
+
+        figures.close(figures.sample_grid(images, labels, path=out_dir / "samples.png",
+                                          title=grid_title or f"w = {w:.2f}"))
     return m
 
 

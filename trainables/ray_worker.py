@@ -97,8 +97,6 @@ def train_fn_per_worker(config: dict) -> None:
 
 
 def _evaluate(ema, cfg: TrialConfig, judge: Judge, real, config: dict, out: Path) -> dict:
-    from trainables import figures
-
     clip = None
     if config.get("clip") is not None:
         from trainables.clip_score import ClipConfig, ClipScorer
@@ -107,11 +105,6 @@ def _evaluate(ema, cfg: TrialConfig, judge: Judge, real, config: dict, out: Path
                                device=str(next(ema.parameters()).device))
     t0 = time.perf_counter()
     m = evaluate_model(ema, cfg, judge, clip, real, out, EvalConfig(**config["eval"]))
-    from trainables.sample import load_samples
-
-    images, labels, _ = load_samples(out / "samples.npz")
-    figures.close(figures.sample_grid(images, labels, title=f"w = {cfg.sample.guidance:.2f}",
-                                      path=out / "samples.png"))
     m["eval_total_s"] = time.perf_counter() - t0
     return m
 
