@@ -25,7 +25,7 @@ from ray import tune  # noqa: E402
 from study import results  # noqa: E402
 from study.search_space import SearchSpace, to_tune  # noqa: E402
 from study.trial import COST, QUALITY, run_trial  # noqa: E402
-from study.tuning import ResultsCallback, StudySearch, make_scheduler  # noqa: E402
+from study.tuning import ResultsCallback, StudySearch, fail_orphans, make_scheduler  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER_CPU = 0.01  # each trial's driver function; its workers hold the real resources
@@ -98,11 +98,18 @@ def run_study(setup: dict, resume: bool = False) -> int:
               flush=True)
         tune_path = f"{setup['storage_path'].rstrip('/')}/{setup['name']}"
         if resume and tune.Tuner.can_restore(tune_path):
+            # Tune's state may predate the last rows written: those trials only re-report.
+            setup["finished"] = results.finished_rows(study_dir)
             tuner = tune.Tuner.restore(tune_path, trainable=trainable(setup),
                                        resume_unfinished=True, resume_errored=True)
         else:
             tuner = make_tuner(setup)
         tuner.fit()
+        orphans = fail_orphans(optuna.load_study(study_name=setup["name"],
+                                                 storage=setup["storage"]))
+        if orphans:
+            print(f"Optuna: {orphans} trial(s) left running by an interrupted driver marked "
+                  f"FAIL (Tune never ran them)", flush=True)
         if setup["confirm_seeds"] > 0:
             confirm_pareto(setup)
         print_summary(setup)

@@ -55,6 +55,14 @@ def read_results(study_dir: Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
 
 
+def finished_rows(study_dir: Path) -> dict[str, dict]:
+    """trial_id → row for every trial the table already records as finished (ok or failed):
+    what a resumed study must neither re-run nor rewrite. Empty cells become None."""
+    df = read_results(study_dir)
+    df = df[df["status"].isin(["ok", "failed"])].astype(object)
+    return {r["trial_id"]: r for r in df.where(df.notna(), None).to_dict(orient="records")}
+
+
 def upsert(study_dir: Path, row: dict) -> pd.DataFrame:
     """Insert or replace the row of row['trial_id'] and rewrite the table atomically."""
     df = read_results(study_dir)

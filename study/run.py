@@ -112,8 +112,11 @@ def resolve(args: argparse.Namespace) -> dict:
     num_trials = preset.num_trials if args.num_trials is None else args.num_trials
     if num_trials < 1:
         raise UsageError(f"--num-trials {num_trials}: at least 1 trial is needed")
-    epochs = args.epochs or preset.epochs
-    workers = args.workers_per_trial or preset.workers_per_trial
+    epochs = preset.epochs if args.epochs is None else args.epochs
+    if epochs < 1:
+        raise UsageError(f"--epochs {epochs}: at least 1 epoch is needed")
+    workers = preset.workers_per_trial if args.workers_per_trial is None \
+        else args.workers_per_trial
     if workers < 1 or args.trials_per_gpu < 1 or args.confirm_seeds < 0:
         raise UsageError("--workers-per-trial and --trials-per-gpu must be >= 1, "
                          "--confirm-seeds >= 0")
@@ -235,6 +238,10 @@ def _machine() -> dict:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if not (args.cluster or args.address or os.environ.get("RAY_ADDRESS")):
+        # A local Ray binds its GCS, raylet and agents to all interfaces unless it believes it
+        # cannot form a cluster; this (read when Ray is imported, below) keeps them on 127.0.0.1.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from study import cluster
     from trainables.clip_score import ClipLoadError
     from trainables.data import DataError

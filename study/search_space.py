@@ -61,7 +61,14 @@ class SearchSpace:
         if unknown:
             raise ValueError(f"unknown search axes {sorted(unknown)} in {path}; "
                              f"use depth, width, lr, guidance")
-        return replace(self, **data)
+        bad = [k for k, v in data.items() if not isinstance(v, list)]
+        if bad:
+            raise ValueError(f"search-space file {path}: {', '.join(bad)} must be a list, e.g. "
+                             f"'{bad[0]}: {list(getattr(self, bad[0]))}'")
+        try:
+            return replace(self, **data)
+        except (ValueError, TypeError) as e:  # e.g. a range with a non-number in it
+            raise ValueError(f"search-space file {path}: {e}") from None
 
 
 def to_tune(space: SearchSpace) -> dict:

@@ -41,6 +41,9 @@ def run_trial(params: dict, setup: dict) -> None:
     """Tune function trainable. `setup` is the study's resolved settings (see study/run.py)."""
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
+    if trial_id in setup.get("finished", {}):  # recorded before the study was interrupted
+        tune.report(setup["finished"][trial_id])
+        return
     cfg = trial_config(setup["base"], params)
     workers, use_gpu = setup["workers_per_trial"], setup["use_gpu"]
     per_worker = {"CPU": setup["cpus_per_worker"]}

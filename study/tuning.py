@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -37,7 +38,8 @@ class Finalizer:
     def __init__(self, study_dir: Path):
         self.study_dir = study_dir
         self.setup = json.loads((study_dir / SETUP_FILE).read_text())
-        self.rows: dict[str, dict] = {}
+        # Rows recorded before an interruption are final: a resumed study reuses them as they are.
+        self.rows: dict[str, dict] = results.finished_rows(study_dir)
         self._eval_tools = None
 
     def __call__(self, trial_id: str, result: dict | None, config: dict) -> dict:
@@ -138,12 +140,50 @@ class StudySearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.study_dir = study_dir
 
+    def suggest(self, trial_id):
+        if trial_id not in self._ot_trials and (orphan := self._orphan()) is not None:
+            # Optuna asked for this one before the driver died, but Tune's saved state never
+            # recorded it: run it now instead of asking anew, so no trial dangles in Optuna.
+            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, orphan._trial_id)
+        return super().suggest(trial_id)
+
+    def _orphan(self) -> optuna.trial.FrozenTrial | None:
+        mine = {t.number for t in self._ot_trials.values()}
+        running = self._ot_study.get_trials(deepcopy=False,
+                                            states=(optuna.trial.TrialState.RUNNING,))
+        return next((t for t in running if t.number not in mine), None)
+
     def on_trial_complete(self, trial_id, result=None, error=False):
+        if self._told_before(trial_id):  # a resumed study re-reports rows it already has
+            self._completed_trials.add(trial_id)
+            return
         if error or result is None:  # the row is written by ResultsCallback.on_trial_error
             return super().on_trial_complete(trial_id, None, error=True)
         row = get_finalizer(self.study_dir)(trial_id, result, result.get("config", {}))
         failed = row.get("status") != "ok" or row.get(QUALITY) is None
         super().on_trial_complete(trial_id, None if failed else row, error=failed)
+
+
+    def _told_before(self, trial_id) -> bool:
+        """Whether Optuna already holds this trial's outcome (told before a driver crash)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return False
+        finished = self._ot_study.get_trials(deepcopy=False, states=_FINISHED)
+        return any(t.number == ot_trial.number for t in finished)
+
+
+_FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+             optuna.trial.TrialState.PRUNED)
+
+
+def fail_orphans(study: optuna.Study) -> int:
+    """Mark trials still RUNNING after the study as FAIL (asked for by a crashed driver and not
+    resumed, e.g. when the resumed study needed fewer trials); returns how many."""
+    orphans = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for t in orphans:
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return len(orphans)
 
 
 class ResultsCallback(tune.Callback):

@@ -1,8 +1,14 @@
 """Shared fixtures. Tests use small sizes; the offline MNIST split comes from $STUDY_DATA_DIR."""
 
+import gzip
 import os
+import re
+import struct
+import subprocess
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +28,26 @@ def mnist_dir() -> Path:
     if not d:
         pytest.skip("STUDY_DATA_DIR is not set (offline MNIST IDX files)")
     return Path(d)
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) -> None:
+    """An MNIST-format IDX file (gzipped unless `compress` is False)."""
+    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+@pytest.fixture
+def idx_dir(tmp_path) -> Path:
+    """A small valid IDX folder (200 random images, 20 per digit) for tests to break."""
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (200, 28, 28)), 0x803)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.repeat(np.arange(10), 20), 0x801)
+    return tmp_path
 
 
 @pytest.fixture(autouse=True)
@@ -76,3 +102,64 @@ def analysis_smoke_study(tmp_path_factory) -> Path:
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (out / "run.log").write_text(p.stdout)  # beside the study, for tests of what it printed
     return out / "smoke"
+
+
+class Live:
+    """A command in a session of its own, its output read line by line as it is printed: tests
+    act on what a run prints (no sleeps, no timing guesses)."""
+
+    def __init__(self, cmd: list[str], env: dict, timeout_s: float):
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self._watchdog = threading.Timer(timeout_s, self.kill_all)  # a hang fails, not blocks
+        self._watchdog.start()
+
+    def until(self, pattern: str) -> re.Match:
+        """Read output until a line matches `pattern`; the match."""
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if m := re.search(pattern, line):
+                return m
+        raise AssertionError(f"the run ended before printing /{pattern}/:\n" + self.log())
+
+    def finish(self) -> int:
+        """Read to the end; the exit status. Whatever the run started is killed."""
+        self.lines.extend(self.proc.stdout)
+        code = self.proc.wait()
+        self._watchdog.cancel()
+        self.kill_all()
+        return code
+
+    def kill_all(self) -> None:
+        """SIGKILL the command and every process of its session (e.g. a local Ray's)."""
+        import psutil
+
+        def sid(p):
+            try:
+                return os.getsid(p.pid)
+            except (ProcessLookupError, PermissionError):
+                return None
+
+        procs = [p for p in psutil.process_iter() if sid(p) == self.proc.pid]
+        for p in procs:
+            p.kill()
+        psutil.wait_procs(procs, timeout=30)
+        self._watchdog.cancel()
+
+    def log(self) -> str:
+        return "".join(self.lines)[-6000:]
+
+
+@pytest.fixture
+def live():
+    """`live(cmd, env, timeout_s)` starts a Live run; all of them are killed at teardown."""
+    started: list[Live] = []
+
+    def start(cmd: list[str], env: dict, timeout_s: float = 600) -> Live:
+        started.append(Live(cmd, env, timeout_s))
+        return started[-1]
+
+    yield start
+    for run in started:
+        run.kill_all()

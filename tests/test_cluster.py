@@ -257,13 +257,19 @@ def _two_nodes(tmp: Path, env: dict, token_file: Path, procs: list):
     headers = {"Authorization": f"Bearer {token_file.read_text()}"}
     _wait(lambda: requests.get(url + "/api/version", headers=headers, timeout=5).ok,
           "the head node's dashboard", procs)
-    # Its own temp dir: two nodes on one machine must not share runtime_resources/ (each
-    # node's runtime-env agent deletes unused working directories there).
-    procs.append(_start([f"--address=127.0.0.1:{gcs}", *common, '--resources={"trainer": 1}',
-                         f"--dashboard-agent-listen-port={free_port()}",
-                         f"--temp-dir={tmp / 'ray-w'}"], env, tmp / "worker.log"))
-    _wait(lambda: len(cluster.alive_nodes(url)) == 2, "two alive nodes", procs)
-    yield SimpleNamespace(url=url, env=env, headers=headers, tmp=tmp)
+
+    def start_worker(tag: str = "w") -> subprocess.Popen:
+        # Its own temp dir: two nodes on one machine must not share runtime_resources/ (each
+        # node's runtime-env agent deletes unused working directories there).
+        procs.append(_start([f"--address=127.0.0.1:{gcs}", *common,
+                             '--resources={"trainer": 1}',
+                             f"--dashboard-agent-listen-port={free_port()}",
+                             f"--temp-dir={tmp / f'ray-{tag}'}"], env, tmp / f"{tag}.log"))
+        _wait(lambda: len(cluster.alive_nodes(url)) == 2, "two alive nodes", procs)
+        return procs[-1]
+
+    yield SimpleNamespace(url=url, env=env, headers=headers, tmp=tmp, worker=start_worker(),
+                          start_worker=start_worker, procs=procs)
 
 
 @pytest.mark.slow
@@ -332,3 +338,28 @@ def test_bad_or_missing_token_is_one_line(two_nodes, tmp_path, token, match):
     p = run_cli("--address", two_nodes.url, "--storage-path", str(tmp_path), "--shared-fs",
                 *SMOKE, env=env)
     assert_one_line_error(p, match)
+
+
+@pytest.mark.slow
+def test_study_survives_losing_a_worker_node(two_nodes, tmp_path, live):
+    """The worker node is stopped while a trial trains on it; a replacement node joins (as the
+    autoscaler would bring one up); the trial resumes from its checkpoint and the study ends."""
+    shared, fetched = tmp_path / "shared", tmp_path / "fetched"
+    run = live([sys.executable, str(ROOT / "study" / "run.py"), "--address", two_nodes.url,
+                "--storage-path", str(shared), "--shared-fs", "--output-dir", str(fetched),
+                "--name", "lost", "--epochs", "5", *SMOKE], two_nodes.env, timeout_s=500)
+    trial = run.until(r"\[lost_train_(\w+?)_d\d+w\d+\] epoch +1 ")[1]
+    node = two_nodes.procs.index(two_nodes.worker)
+    _stop([two_nodes.procs.pop(node)])  # SIGTERM its processes, then SIGKILL what is left
+    two_nodes.worker = two_nodes.start_worker("w2")
+    assert run.finish() == 0, run.log()
+    log = "".join(run.lines)
+    assert "SUCCEEDED" in log and "resuming after epoch" in log
+
+    df = pd.read_csv(fetched / "lost" / "results.csv")
+    assert len(df) == 2 and (df["status"] == "ok").all(), df[["status", "error"]]
+    resumed = df.set_index("trial_id").loc[trial]
+    assert resumed["epochs_run"] == 5 and resumed["stop_reason"] == "completed"
+    dead = [n for n in cluster.api_get(two_nodes.url, "/api/v0/nodes", limit=100)["data"]
+            ["result"]["result"] if n["state"] == "DEAD"]
+    assert len(dead) == 1  # the stopped node; its replacement is alive

@@ -2,33 +2,13 @@
 
 import gzip
 import shutil
-import struct
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_idx
 
 from trainables.data import DataConfig, DataError, load_splits, read_idx
-
-
-def write_idx(path, array: np.ndarray, magic: int, compress: bool = True):
-    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
-    data = header + array.astype(np.uint8).tobytes()
-    if compress:
-        with gzip.open(path, "wb") as f:
-            f.write(data)
-    else:
-        path.write_bytes(data)
-
-
-@pytest.fixture
-def idx_dir(tmp_path):
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(10), 20)
-    images = rng.integers(0, 256, (200, 28, 28))
-    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images, 0x803)
-    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels, 0x801)
-    return tmp_path
 
 
 def test_idx_single_split_is_stratified_and_deterministic(idx_dir):

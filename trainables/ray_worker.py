@@ -12,6 +12,7 @@ start-up time is training time lost.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -24,9 +25,10 @@ from trainables.config import TrialConfig
 from trainables.data import load_splits
 from trainables.evaluate import EvalConfig, evaluate_model, quality_probe
 from trainables.judge import Judge
-from trainables.train_loop import CHECKPOINT_FILE, fit
+from trainables.train_loop import CHECKPOINT_FILE, fit, format_metrics
 
 OUTCOME_FILE = "outcome.json"
+logger = logging.getLogger(__name__)
 
 
 class RaySession:
@@ -36,6 +38,7 @@ class RaySession:
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+        self.run_name = ctx.get_experiment_name()
 
     def prepare_model(self, model):
         return ray.train.torch.prepare_model(model)
@@ -44,13 +47,19 @@ class RaySession:
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return None
-        path = Path(ckpt.to_directory())  # a local copy, also for remote storage
+        # A private local copy per rank. The default shared temporary folder races: two ranks on
+        # one node download into it, and the second rewrites files the first is reading.
+        self._resume_dir = tempfile.TemporaryDirectory(prefix=f"resume-rank{self.rank}-")
+        path = Path(ckpt.to_directory(self._resume_dir.name))
         return path if (path / CHECKPOINT_FILE).exists() or (path / OUTCOME_FILE).exists() \
             else None
 
     def report(self, metrics, checkpoint_dir):
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt)
+        if self.rank == 0 and "train_loss" in metrics:  # progress, once the checkpoint is stored
+            # Through logging: Train forwards it to the driver once (a print is teed twice).
+            logger.info("[%s] %s", self.run_name, format_metrics(metrics))
 
 
 def train_fn_per_worker(config: dict) -> None:

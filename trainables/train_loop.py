@@ -194,6 +194,8 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
         plateau.load_state_dict(ckpt["scheduler"])
         state.update({k: ckpt[k] for k in state})
         last_state = ckpt
+        if rank == 0:
+            print(f"resuming after epoch {state['epoch']} (step {state['step']})", flush=True)
     train_model = session.prepare_model(model)
     if tc.compile and device.type == "cuda":
         train_model = torch.compile(train_model)
