@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study.results import COLUMNS, RESULTS_FILE
+from study.results import COLUMNS, ID_DTYPES, RESULTS_FILE
 
 POST_DIR = "analysis"  # written by study/post.py
 CLIP_OFF = ("CLIP DISABLED for this study (--no-clip): quality is the judge's conditional "
@@ -83,7 +83,7 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
     if not path.exists() or path.stat().st_size == 0:
         return None
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, dtype=ID_DTYPES)
     except pd.errors.EmptyDataError:
         return None
     return df if len(df) else None
@@ -102,7 +102,7 @@ def load_study(path: Path | str) -> Study:
         raise StudyDirError(f"{path} holds no {RESULTS_FILE}: not a study directory, or the "
                             f"study finished no trial yet")
     notes: list[str] = []
-    raw = pd.read_csv(path / RESULTS_FILE)
+    raw = pd.read_csv(path / RESULTS_FILE, dtype=ID_DTYPES)
     absent = [c for c in COLUMNS if c not in raw.columns]
     if any(c in absent for c in CLIP_COLUMNS):
         notes.append("results.csv has no CLIP columns (an older or CLIP-less table).")

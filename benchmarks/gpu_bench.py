@@ -94,8 +94,26 @@ def time_to_accuracy(target: float = 0.98, minutes: float = 2.5) -> tuple[float 
     return first, accs
 
 
+SECTIONS = ("throughput", "packing", "accuracy")
+
+
 def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated subset of {', '.join(SECTIONS)} (default: all)")
+    sections = set(p.parse_args().sections.split(","))
     print(f"# GPU benchmark — {machine()}")
+    if "throughput" in sections:
+        throughputs()
+    if "packing" in sections:
+        packing()
+    if "accuracy" in sections:
+        accuracy()
+
+
+def throughputs() -> None:
     base = None
     print("\n## Training throughput, reference U-Net (32/64/128), batch 256")
     for variant in ("fp32", "fp32+channels_last", "fp32+compile", "bf16", "bf16+channels_last",
@@ -108,6 +126,8 @@ def main() -> None:
         base = base or ips
         print(f"{variant:20s} {ips:9.0f} images/s  ({ips / base:.2f}× fp32)", flush=True)
 
+
+def packing() -> None:
     print("\n## Packing trials on one GPU (fp32), per-trial throughput vs 1 trial")
     one = None
     for k in (1, 2, 4, 8):
@@ -116,6 +136,9 @@ def main() -> None:
         print(f"{k} trial(s): {rate:9.0f} images/s each, {rate / one:.2f} of one trial, "
               f"{k * rate:9.0f} total", flush=True)
 
+
+
+def accuracy() -> None:
     print("\n## Time to ≥ 98% judge accuracy (fp32, w = 2, probe of 200 DDIM-25 samples)")
     first, accs = time_to_accuracy()
     print("training seconds → accuracy:", accs)

@@ -17,6 +17,12 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
 # Worker reports carry per-epoch metrics; the objectives arrive with each trial's final row.
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+# Ray Train's controller polls its workers this often (default 2 s); each trial waits about one
+# interval to see its workers start, report and finish: 0.5 s cut start-up + teardown by ~3.5 s
+# per trial (benchmarks/RESULTS.md). A cluster job gets it through study/cluster.py.
+TRAIN_POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+for _k, _v in TRAIN_POLL_ENV.items():
+    os.environ.setdefault(_k, _v)
 
 import optuna  # noqa: E402
 import ray  # noqa: E402
@@ -146,7 +152,8 @@ def make_tuner(setup: dict) -> tune.Tuner:
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=make_scheduler(setup["base"]["train"]["epochs"]),
             num_samples=setup["num_trials"], max_concurrent_trials=setup["concurrent"],
-            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+            reuse_actors=True),  # trial drivers are light; their process start is not
         run_config=tune.RunConfig(
             name=setup["name"], storage_path=setup["storage_path"],
             callbacks=[ResultsCallback(setup["study_dir"])],
@@ -161,7 +168,8 @@ def confirm_pareto(setup: dict) -> None:
     done = set(zip(df["confirm_of"].dropna(), df.loc[df["confirm_of"].notna(), "seed"],
                    strict=True))  # a resumed study does not confirm twice
     configs = [{"depth": int(r.depth), "width": int(r.width), "lr": float(r.lr),
-                "guidance": float(r.guidance), "seed": setup["seed"] + 1 + s,
+                "guidance": float(r.guidance), "style": bool(r.style),
+                "seed": setup["seed"] + 1 + s,
                 "confirm_of": r.trial_id}
                for r in front.itertuples() for s in range(setup["confirm_seeds"])
                if (r.trial_id, setup["seed"] + 1 + s) not in done]

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from study.results import read_results
+
 ANALYSIS_DIR = "analysis"
 GUIDANCE_VALUES = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
 RECOGNISED = 0.5  # judge confidence in the requested digit that counts as "recognisable"
@@ -92,7 +94,7 @@ def post_study(study_dir: Path, top_n: int = 2,
 
     study_dir = Path(study_dir)
     setup = json.loads((study_dir / "study.json").read_text())
-    df = pd.read_csv(study_dir / "results.csv")
+    df = read_results(study_dir)
     out = study_dir / ANALYSIS_DIR
     out.mkdir(exist_ok=True)
     t0 = time.perf_counter()

@@ -16,10 +16,11 @@ RESULTS_FILE = "results.csv"
 #: Columns every row has, in this order (a missing value is an explicit empty cell).
 COLUMNS = [
     "trial_id", "status", "stop_reason", "error", "confirm_of",
-    "depth", "width", "channels", "lr", "guidance", "batch_size", "epochs", "seed",
+    "depth", "width", "style", "channels", "lr", "guidance", "batch_size", "epochs", "seed",
     "timesteps", "dataset",
     "params", "forward_gflops", "train_gflops", "images_seen", "images_per_s",
-    "trial_wall_s", "train_seconds", "startup_s", "worker_seconds", "gpu_seconds", "workers",
+    "trial_wall_s", "train_seconds", "startup_s", "trainer_start_s", "worker_setup_s",
+    "worker_seconds", "gpu_seconds", "workers",
     "epochs_run", "final_train_loss", "final_val_loss", "probe_judge_acc",
     "quality", "quality_metric", "train_cost_s",
     "judge_acc", "judge_conf", "judge_acc_top_judge", "frechet",
@@ -28,6 +29,10 @@ COLUMNS = [
     "eval_s", "eval_sample_s", "eval_steps", "eval_sampler", "n_samples",
     "samples_path", "grid_path", "checkpoint_path",
 ]
+
+
+#: Trial ids are hex strings; an all-digit one ("92990835") must not be read back as a number.
+ID_DTYPES = {"trial_id": str, "confirm_of": str}
 
 
 def to_row(result: dict) -> dict:
@@ -52,7 +57,7 @@ def write_atomic(df: pd.DataFrame, path: Path) -> None:
 
 def read_results(study_dir: Path) -> pd.DataFrame:
     path = Path(study_dir) / RESULTS_FILE
-    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
+    return pd.read_csv(path, dtype=ID_DTYPES) if path.exists() else pd.DataFrame(columns=COLUMNS)
 
 
 def finished_rows(study_dir: Path) -> dict[str, dict]:

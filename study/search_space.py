@@ -1,12 +1,14 @@
 """The study's one search space and its named presets.
 
 Searched axes: U-Net depth (resolution levels), width (base channels), learning rate
-(log-uniform) and classifier-free guidance weight w (uniform). Presets narrow the space and set
-the per-trial budget for the hardware; a YAML/JSON file may override any range::
+(log-uniform), classifier-free guidance weight w (uniform) and style conditioning (on/off; off
+in every preset). Presets narrow the space and set the per-trial budget for the hardware; a
+YAML/JSON file may override any range::
 
     # space.yaml
     depth: [2, 3]
     lr: [0.0005, 0.002]
+    style: [false, true]
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ class SearchSpace:
     width: tuple[int, ...] = (8, 16, 32, 64)  # choices; base channels
     lr: tuple[float, float] = (1e-4, 3e-3)  # [low, high], log-uniform
     guidance: tuple[float, float] = (0.0, 6.0)  # [low, high], uniform
+    # choices; True also conditions on slant and thickness (UNetConfig.style_dim, style.py)
+    style: tuple[bool, ...] = (False,)
 
     def __post_init__(self):
-        for name in ("depth", "width", "lr", "guidance"):
+        for name in ("depth", "width", "lr", "guidance", "style"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.depth or not self.width:
             raise ValueError("the search space is empty: depth and width need at least one "
@@ -40,6 +44,9 @@ class SearchSpace:
         if not 0 <= glo <= ghi:
             raise ValueError(f"guidance range {list(self.guidance)} must satisfy "
                              f"0 <= low <= high")
+        if not self.style or any(not isinstance(s, bool) for s in self.style):
+            raise ValueError(f"style choices {list(self.style)} must be one or both of "
+                             f"false, true")
 
     def to_dict(self) -> dict:
         return {k: list(v) for k, v in asdict(self).items()}
@@ -60,7 +67,7 @@ class SearchSpace:
         unknown = set(data) - set(asdict(self))
         if unknown:
             raise ValueError(f"unknown search axes {sorted(unknown)} in {path}; "
-                             f"use depth, width, lr, guidance")
+                             f"use {', '.join(asdict(self))}")
         bad = [k for k, v in data.items() if not isinstance(v, list)]
         if bad:
             raise ValueError(f"search-space file {path}: {', '.join(bad)} must be a list, e.g. "
@@ -76,7 +83,8 @@ def to_tune(space: SearchSpace) -> dict:
     from ray import tune
 
     return {"depth": tune.choice(list(space.depth)), "width": tune.choice(list(space.width)),
-            "lr": tune.loguniform(*space.lr), "guidance": tune.uniform(*space.guidance)}
+            "lr": tune.loguniform(*space.lr), "guidance": tune.uniform(*space.guidance),
+            "style": tune.choice(list(space.style))}
 
 
 @dataclass(frozen=True)

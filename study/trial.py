@@ -16,6 +16,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from trainables.config import TrialConfig
 from trainables.ray_worker import train_fn_per_worker
+from trainables.style import STYLE_DIM
 from trainables.unet import UNet, forward_flops
 
 #: Keys every report carries, so Tune's metric checks pass before the final row exists.
@@ -31,7 +32,8 @@ def trial_config(base: dict, config: dict) -> TrialConfig:
     """The base trial config with the trial's hyperparameters filled in."""
     params = hyperparameters(config)
     d = {k: dict(v) for k, v in base.items()}
-    d["model"].update(depth=int(params["depth"]), width=int(params["width"]))
+    d["model"].update(depth=int(params["depth"]), width=int(params["width"]),
+                      style_dim=STYLE_DIM if params.get("style", False) else 0)
     d["train"].update(lr=float(params["lr"]), seed=int(params.get("seed", d["train"]["seed"])))
     d["sample"].update(guidance=float(params["guidance"]))
     return TrialConfig.from_dict(d)
@@ -46,6 +48,7 @@ def run_trial(params: dict, setup: dict) -> None:
         return
     cfg = trial_config(setup["base"], params)
     workers, use_gpu = setup["workers_per_trial"], setup["use_gpu"]
+    t0 = time.time()
     per_worker = {"CPU": setup["cpus_per_worker"]}
     if use_gpu:
         per_worker["GPU"] = setup["gpus_per_worker"]
@@ -53,7 +56,7 @@ def run_trial(params: dict, setup: dict) -> None:
         train_fn_per_worker,
         train_loop_config={"trial": cfg.to_dict(), "judge": setup["judge"],
                            "eval": setup["eval"], "clip": setup["clip"],
-                           "cpus_per_worker": setup["cpus_per_worker"]},
+                           "cpus_per_worker": setup["cpus_per_worker"], "trial_start": t0},
         scaling_config=train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                            resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -68,7 +71,6 @@ def run_trial(params: dict, setup: dict) -> None:
                                              str(max(1, int(setup["cpus_per_worker"])))}},
         ),
     )
-    t0 = time.time()
     model = UNet(cfg.model)
     row = {"trial_id": trial_id, **describe(cfg), "params": model.num_params(),
            "forward_gflops": forward_flops(model) / 1e9, "workers": workers,
@@ -88,7 +90,7 @@ def run_trial(params: dict, setup: dict) -> None:
 
 def describe(cfg: TrialConfig) -> dict:
     """The config columns of a results row."""
-    return {"depth": cfg.model.depth, "width": cfg.model.width,
+    return {"depth": cfg.model.depth, "width": cfg.model.width, "style": cfg.model.style_dim > 0,
             "channels": "-".join(map(str, cfg.model.channels)), "lr": cfg.train.lr,
             "guidance": cfg.sample.guidance, "batch_size": cfg.train.batch_size,
             "epochs": cfg.train.epochs, "seed": cfg.train.seed,

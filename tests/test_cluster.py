@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import pandas as pd
 import psutil
 import pytest
 import requests
 import yaml
 
 from study import cluster
+from study.results import read_results
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER_YAML = ROOT / "cluster.yaml"
@@ -283,7 +283,7 @@ def test_study_job_runs_on_both_nodes_and_comes_back(two_nodes, tmp_path):
 
     # The study directory came back complete.
     study = fetched / "two"
-    df = pd.read_csv(study / "results.csv")
+    df = read_results(study)
     assert len(df) == 2 and (df["status"] == "ok").all(), df[["status", "error"]]
     for f in ("study.json", "reference.json", "optuna.db", "judge.pt"):
         assert (study / f).stat().st_size > 0, f
@@ -347,7 +347,8 @@ def test_study_survives_losing_a_worker_node(two_nodes, tmp_path, live):
     shared, fetched = tmp_path / "shared", tmp_path / "fetched"
     run = live([sys.executable, str(ROOT / "study" / "run.py"), "--address", two_nodes.url,
                 "--storage-path", str(shared), "--shared-fs", "--output-dir", str(fetched),
-                "--name", "lost", "--epochs", "5", *SMOKE], two_nodes.env, timeout_s=500)
+                "--name", "lost", "--epochs", "5", "--num-trials", "1", *SMOKE], two_nodes.env,
+               timeout_s=500)
     trial = run.until(r"\[lost_train_(\w+?)_d\d+w\d+\] epoch +1 ")[1]
     node = two_nodes.procs.index(two_nodes.worker)
     _stop([two_nodes.procs.pop(node)])  # SIGTERM its processes, then SIGKILL what is left
@@ -356,8 +357,8 @@ def test_study_survives_losing_a_worker_node(two_nodes, tmp_path, live):
     log = "".join(run.lines)
     assert "SUCCEEDED" in log and "resuming after epoch" in log
 
-    df = pd.read_csv(fetched / "lost" / "results.csv")
-    assert len(df) == 2 and (df["status"] == "ok").all(), df[["status", "error"]]
+    df = read_results(fetched / "lost")
+    assert len(df) == 1 and (df["status"] == "ok").all(), df[["status", "error"]]
     resumed = df.set_index("trial_id").loc[trial]
     assert resumed["epochs_run"] == 5 and resumed["stop_reason"] == "completed"
     dead = [n for n in cluster.api_get(two_nodes.url, "/api/v0/nodes", limit=100)["data"]

@@ -27,6 +27,8 @@ import psutil
 import pytest
 import requests
 
+from study.results import read_results
+
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ["--preset", "smoke", "--dataset", "digits", "--no-clip"]
 pytestmark = pytest.mark.slow
@@ -60,7 +62,7 @@ def test_killed_worker_resumes_and_diverged_trial_is_failed(live, tmp_path):
     assert int(resumed[1]) >= 1
 
     study_dir = tmp_path / "faults"
-    df = pd.read_csv(study_dir / "results.csv").set_index("trial_id")
+    df = read_results(study_dir).set_index("trial_id")
     assert len(df) == 2, df
     ok = df.loc[killed_trial]
     assert ok["status"] == "ok" and ok["epochs_run"] == 4 and ok["lr"] < 0.01
@@ -113,7 +115,7 @@ def test_killed_driver_resumes_without_rerunning(live, tmp_path):
     os.kill(run.proc.pid, signal.SIGKILL)  # the driver only; Ray's processes are orphaned
     run.finish()
     study_dir = tmp_path / "crash"
-    before = pd.read_csv(study_dir / "results.csv").set_index("trial_id")
+    before = read_results(study_dir).set_index("trial_id")
     assert first in before.index
 
     again = study(live, [*args, "--resume"], tmp_path / "cache")
@@ -121,7 +123,7 @@ def test_killed_driver_resumes_without_rerunning(live, tmp_path):
     assert not any(f"[crash_train_{first}_" in line for line in again.lines), \
         "a finished trial was trained again"
 
-    df = pd.read_csv(study_dir / "results.csv").set_index("trial_id")
+    df = read_results(study_dir).set_index("trial_id")
     assert len(df) == 2 and (df["status"] == "ok").all(), df[["status", "error"]]
     assert df.loc[first, "trial_wall_s"] == before.loc[first, "trial_wall_s"]  # row untouched
 

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from study.results import COLUMNS, read_results, to_row, upsert, write_atomic
+from study.results import COLUMNS, finished_rows, read_results, to_row, upsert, write_atomic
 
 
 def test_upsert_inserts_and_replaces(tmp_path):
@@ -41,3 +41,13 @@ def test_write_atomic_roundtrip(tmp_path):
     df = pd.DataFrame([to_row({"trial_id": "t", "lr": 1e-3})], columns=COLUMNS)
     write_atomic(df, tmp_path / "r.csv")
     assert pd.read_csv(tmp_path / "r.csv")["lr"].iloc[0] == 1e-3
+
+
+def test_all_digit_trial_ids_stay_strings(tmp_path):
+    """Tune's hex trial ids are sometimes all digits: read back, they must still match."""
+    upsert(tmp_path, {"trial_id": "92990835", "status": "ok"})
+    upsert(tmp_path, {"trial_id": "bf51eb8b", "status": "ok", "confirm_of": "92990835"})
+    df = read_results(tmp_path)
+    assert list(df["trial_id"]) == ["92990835", "bf51eb8b"]
+    assert df["confirm_of"].iloc[1] == "92990835"
+    assert set(finished_rows(tmp_path)) == {"92990835", "bf51eb8b"}

@@ -2,12 +2,18 @@
 loss and the DDPM / DDIM samplers with classifier-free guidance.
 
 Nothing here knows about a particular network: a "model" is any callable
-``model(x_t, t, labels) -> eps``. Notation follows Ho et al. 2020 (DDPM) and Song et al. 2021
-(DDIM): ``betas``, ``alphas_cumprod`` (ᾱ_t), ``x_start`` (x_0), ``q_sample``.
+``model(x_t, t, labels) -> eps``, or ``model(x_t, t, labels, style) -> eps`` when a style
+(B, style_dim) is passed; without one the model is called with three arguments. Notation
+follows Ho et al. 2020 (DDPM) and Song et al. 2021 (DDIM): ``betas``, ``alphas_cumprod`` (ᾱ_t),
+``x_start`` (x_0), ``q_sample``.
 
 Guidance convention (Ho & Salimans 2022), with w = 0 meaning plain conditional sampling::
 
     eps = (1 + w) * eps_cond - w * eps_uncond
+
+With a style, the unconditional branch gets the null label and the same style tensor; the model
+reads a null label as "no style" too (``UNet.style_embedding``), so guidance pushes towards the
+digit and the style together.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+EpsModel = Callable[..., torch.Tensor]  # (x_t, t, labels[, style]) -> eps
 
 #: Smallest and largest number of diffusion steps offered; the schedules are tested over it.
 MIN_TIMESTEPS, MAX_TIMESTEPS = 20, 4000
@@ -97,25 +103,32 @@ def q_sample(sched: Schedule, x_start, t, noise) -> torch.Tensor:
     return a.sqrt() * x_start + (1 - a).sqrt() * noise
 
 
+def _eps(model: EpsModel, x, t, labels, style) -> torch.Tensor:
+    return model(x, t, labels) if style is None else model(x, t, labels, style)
+
+
 def training_losses(model: EpsModel, sched: Schedule, x_start, labels, t=None, noise=None,
-                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    generator: torch.Generator | None = None,
+                    style: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example ε-prediction MSE (DDPM eq. 14) with t ~ U{0..T-1}; returns (losses, t)."""
     b = x_start.shape[0]
     if t is None:
         t = torch.randint(0, sched.timesteps, (b,), device=x_start.device, generator=generator)
     if noise is None:
         noise = torch.randn(x_start.shape, device=x_start.device, generator=generator)
-    eps = model(q_sample(sched, x_start, t, noise), t, labels)
+    eps = _eps(model, q_sample(sched, x_start, t, noise), t, labels, style)
     return F.mse_loss(eps.float(), noise, reduction="none").mean(dim=(1, 2, 3)), t
 
 
-def guided_eps(model: EpsModel, x, t, labels, guidance: float, null_label: int) -> torch.Tensor:
+def guided_eps(model: EpsModel, x, t, labels, guidance: float, null_label: int,
+               style: torch.Tensor | None = None) -> torch.Tensor:
     """Classifier-free guided ε in one batched forward (conditional and null labels stacked)."""
     if guidance == 0:
-        return model(x, t, labels)
+        return _eps(model, x, t, labels, style)
     null = torch.full_like(labels, null_label)
-    eps_cond, eps_uncond = model(torch.cat([x, x]), torch.cat([t, t]),
-                                 torch.cat([labels, null])).chunk(2)
+    both_style = None if style is None else torch.cat([style, style])  # null label: no style
+    eps_cond, eps_uncond = _eps(model, torch.cat([x, x]), torch.cat([t, t]),
+                                torch.cat([labels, null]), both_style).chunk(2)
     return (1 + guidance) * eps_cond - guidance * eps_uncond
 
 
@@ -169,8 +182,9 @@ def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
 def sample(model: EpsModel, sched: Schedule, labels: torch.Tensor, *, null_label: int,
            guidance: float = 0.0, sampler: Literal["ddpm", "ddim"] = "ddim",
            steps: int | None = None, eta: float = 0.0, generator: torch.Generator | None = None,
-           image_shape=(1, 28, 28), clip: bool = True, return_trajectory: bool = False):
-    """Generate one image per label, starting from x_T ~ N(0, I).
+           image_shape=(1, 28, 28), clip: bool = True, return_trajectory: bool = False,
+           style: torch.Tensor | None = None):
+    """Generate one image per label (and per style row, when given), from x_T ~ N(0, I).
 
     Noise is drawn on the CPU from `generator`, so a seed gives the same images on any device.
     Returns x_0, or (x_0, trajectory) where trajectory[i] is the batch after i denoising steps
@@ -192,7 +206,7 @@ def sample(model: EpsModel, sched: Schedule, labels: torch.Tensor, *, null_label
         raise ValueError(f"unknown sampler {sampler!r}: use 'ddpm' or 'ddim'")
     for i, t in enumerate(ts):
         tt = torch.full((b,), t, device=device, dtype=torch.long)
-        eps = guided_eps(model, x, tt, labels, guidance, null_label).float()
+        eps = guided_eps(model, x, tt, labels, guidance, null_label, style).float()
         if sampler == "ddpm":
             x = ddpm_step(sched, x, t, eps, randn() if t > 0 else None, clip)
         else:

@@ -1,6 +1,7 @@
 """PNG figures of a trained model: forward noise progression, reverse generation steps, a
-digits × samples grid and training curves. Each function returns the matplotlib Figure and saves
-it when given a path. Imported only where figures are drawn (matplotlib is slow to import).
+digits × samples grid, digits × style-level grids (style-on models) and training curves. Each
+function returns the matplotlib Figure and saves it when given a path. Imported only where
+figures are drawn (matplotlib is slow to import).
 """
 
 from __future__ import annotations
@@ -84,6 +85,29 @@ def sample_grid(images: torch.Tensor, labels: torch.Tensor, max_per_digit: int =
                 axes[i, j].axis("off")
         axes[i, 0].set_ylabel(str(d), rotation=0, labelpad=10)
     fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def style_grid(columns: torch.Tensor, labels: torch.Tensor, levels: Sequence[float],
+               attribute: str, raw_levels: Sequence[float] | None = None,
+               path: Path | None = None):
+    """Rows: digits; columns: requested standard scores of one style attribute.
+
+    columns[j] holds the images generated at levels[j] (``sample.style_sweep``); the first one
+    of each digit is shown. `raw_levels` (the same levels in the attribute's own units, from
+    the checkpoint's StyleNorm) are added to the column titles when given.
+    """
+    digits = labels.unique().tolist()
+    fig, axes = plt.subplots(len(digits), len(levels), squeeze=False,
+                             figsize=(0.9 * len(levels), 0.9 * len(digits)))
+    for j, level in enumerate(levels):
+        title = f"z={level:+.1f}" + (f"\n{raw_levels[j]:.2f}" if raw_levels is not None else "")
+        for i, d in enumerate(digits):
+            _show(axes[i, j], columns[j][int(torch.nonzero(labels == d)[0])],
+                  title if i == 0 else None)
+    for i, d in enumerate(digits):
+        axes[i, 0].set_ylabel(str(d), rotation=0, labelpad=10)
+    fig.suptitle(f"Requested {attribute} (standard score), same noise in every row", fontsize=10)
     return _save(fig, path)
 
 

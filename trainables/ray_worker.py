@@ -64,7 +64,9 @@ class RaySession:
 
 def train_fn_per_worker(config: dict) -> None:
     """config: {"trial": TrialConfig dict, "judge": judge state, "eval": EvalConfig dict,
-    "clip": ClipConfig dict or None, "cpus_per_worker": float}."""
+    "clip": ClipConfig dict or None, "cpus_per_worker": float, "trial_start": time.time() of
+    the trial driver before it built the trainer (for the start-up breakdown)}."""
+    entered = time.time()
     torch.set_num_threads(max(1, int(config.get("cpus_per_worker", 1))))
     cfg = TrialConfig.from_dict(config["trial"])
     session = RaySession()
@@ -78,6 +80,7 @@ def train_fn_per_worker(config: dict) -> None:
 
     splits = load_splits(cfg.data)
     judge = Judge.from_state(config["judge"], device=session.device)
+    ready = time.time()
     result = fit(cfg, session, splits, probe=quality_probe(judge, cfg))
 
     last = result.history[-1] if result.history else {}
@@ -88,7 +91,10 @@ def train_fn_per_worker(config: dict) -> None:
                "images_per_s": images_seen / result.train_seconds if result.train_seconds else 0,
                "final_train_loss": last.get("train_loss"), "final_val_loss": last.get("val_loss"),
                "probe_judge_acc": last.get("probe_judge_acc", 0.0),
-               "probe_s_total": sum(h.get("probe_s", 0.0) for h in result.history)}
+               "probe_s_total": sum(h.get("probe_s", 0.0) for h in result.history),
+               # start-up: Ray Train (controller, worker processes, process group), then data
+               "trainer_start_s": entered - config.get("trial_start", entered),
+               "worker_setup_s": ready - entered}
     if session.rank != 0:
         session.report(metrics, None)
         return

@@ -2,18 +2,24 @@
 
     images, labels = generate(ema, sched, digits=range(10), n_per_digit=10, guidance=2.0)
     save_samples(run_dir / "samples.npz", images, labels, config=cfg.to_dict())
+
+A style-conditioned model also takes a style in standard scores (see ``style.py``)::
+
+    images, labels = generate(ema, sched, style={"slant": 1.5, "thickness": -1.0})
+    columns, labels = style_sweep(ema, sched, "slant", [-2, -1, 0, 1, 2])  # same noise per level
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from trainables.diffusion import Schedule, sample
+from trainables.style import STYLE_NAMES, style_tensor
 from trainables.unet import UNet
 
 
@@ -21,8 +27,13 @@ from trainables.unet import UNet
 def generate(model: UNet, sched: Schedule, digits: Iterable[int] = range(10),
              n_per_digit: int = 10, guidance: float = 2.0, sampler: str = "ddim",
              steps: int | None = 25, eta: float = 0.0, seed: int = 0, batch_size: int = 500,
-             return_trajectory: bool = False):
+             return_trajectory: bool = False,
+             style: Mapping[str, float | Sequence[float] | torch.Tensor] | None = None):
     """`n_per_digit` images of each requested digit, grouped by digit.
+
+    `style` (style-on models only) gives standard scores of slant and thickness, one value for
+    all images or one per image (N = len(digits) · n_per_digit); an attribute left out is at
+    the training mean. Without it a style-on model samples any style of the digit.
 
     Returns (images (N, 1, 28, 28) float in [-1, 1] on the CPU, labels (N,)), plus the list of
     intermediate batches when `return_trajectory`. A fixed `seed` gives every model the same
@@ -34,6 +45,10 @@ def generate(model: UNet, sched: Schedule, digits: Iterable[int] = range(10),
             raise ValueError(f"digit {d} is outside 0..{model.cfg.num_classes - 1}")
     device = next(model.parameters()).device
     labels = torch.tensor(digits).repeat_interleave(n_per_digit)
+    if style is not None and not model.cfg.style_dim:
+        raise ValueError("style requested from a model trained without style conditioning "
+                         "(style_dim=0)")
+    styles = None if style is None else style_tensor(style, len(labels)).to(device)
     g = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
@@ -44,7 +59,8 @@ def generate(model: UNet, sched: Schedule, digits: Iterable[int] = range(10),
                      steps=steps, eta=eta, generator=g,
                      image_shape=(model.cfg.in_channels, model.cfg.image_size,
                                   model.cfg.image_size),
-                     return_trajectory=return_trajectory)
+                     return_trajectory=return_trajectory,
+                     style=None if styles is None else styles[start : start + batch_size])
         if return_trajectory:
             out, traj = out
             trajectories.append(torch.stack(traj))  # (S+1, b, 1, 28, 28)
@@ -54,6 +70,27 @@ def generate(model: UNet, sched: Schedule, digits: Iterable[int] = range(10),
     if return_trajectory:
         return images, labels, list(torch.cat(trajectories, dim=1))
     return images, labels
+
+
+@torch.no_grad()
+def style_sweep(model: UNet, sched: Schedule, attribute: str, levels: Sequence[float],
+                digits: Iterable[int] = range(10), n_per_digit: int = 1, **kwargs):
+    """One batch per requested level of `attribute` (a standard score; the other attribute at
+    its mean), every level from the same starting noise, so only the style differs.
+
+    Returns (images (L, N, 1, 28, 28), labels (N,)); `kwargs` go to `generate`.
+    """
+    if attribute not in STYLE_NAMES:
+        raise ValueError(f"unknown style attribute {attribute!r}; use {', '.join(STYLE_NAMES)}")
+    if len(levels) == 0:
+        raise ValueError("style_sweep needs at least one level")
+    digits = list(digits)
+    columns = []
+    for level in levels:
+        images, labels = generate(model, sched, digits, n_per_digit,
+                                  style={attribute: float(level)}, **kwargs)
+        columns.append(images)
+    return torch.stack(columns), labels
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

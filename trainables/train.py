@@ -4,7 +4,8 @@
         --depth 3 --width 32 --epochs 5 --guidance 2 --out runs/single
 
 The run directory holds checkpoint.pt, samples.npz (10 per digit, fixed seed), metrics.json and
-figures/ (noise progression, generation steps, sample grid, training curves).
+figures/ (noise progression, generation steps, sample grid, training curves; with --style also
+digits × slant and digits × thickness grids).
 Re-running with --resume continues from the checkpoint.
 """
 
@@ -28,9 +29,12 @@ from trainables.data import (
     load_splits,
 )
 from trainables.diffusion import DiffusionConfig, Schedule
-from trainables.sample import generate, save_samples
+from trainables.sample import generate, save_samples, style_sweep
+from trainables.style import STYLE_DIM, STYLE_NAMES
 from trainables.train_loop import LocalSession, fit
 from trainables.unet import UNetConfig, forward_flops
+
+STYLE_LEVELS = (-2.0, -1.0, 0.0, 1.0, 2.0)  # standard scores drawn in the style grids
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=m.depth, help="resolution levels, 1-4")
     p.add_argument("--width", type=int, default=m.width, help="base channels, 8-256")
     p.add_argument("--attention", action="store_true", help="self-attention at lowest level")
+    p.add_argument("--style", action="store_true",
+                   help="also condition on the digit's measured slant and stroke thickness")
     p.add_argument("--timesteps", type=int, default=DiffusionConfig().timesteps, help="T")
     p.add_argument("--schedule", choices=("linear", "cosine"), default="linear")
     p.add_argument("--epochs", type=int, default=tr.epochs)
@@ -67,7 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def config_from_args(a: argparse.Namespace) -> TrialConfig:
     return TrialConfig(
         data=DataConfig(dataset=a.dataset, data_dir=a.data_dir),
-        model=UNetConfig(depth=a.depth, width=a.width, attention=a.attention),
+        model=UNetConfig(depth=a.depth, width=a.width, attention=a.attention,
+                         style_dim=STYLE_DIM if a.style else 0),
         diffusion=DiffusionConfig(timesteps=a.timesteps, schedule=a.schedule),
         train=TrainConfig(batch_size=a.batch_size, lr=a.lr, epochs=a.epochs, seed=a.seed,
                           max_seconds=a.max_minutes * 60 if a.max_minutes else None),
@@ -107,6 +114,16 @@ def run(cfg: TrialConfig, out: Path, resume: bool = False, device: str | None = 
         figures.training_curves(result.history, path=fig_dir / "training_curves.png"),
     ):
         figures.close(fig)
+    if cfg.model.style_dim:
+        for j, name in enumerate(STYLE_NAMES):
+            columns, col_labels = style_sweep(result.ema, sched, name, STYLE_LEVELS,
+                                              guidance=sc.guidance, sampler=sc.sampler,
+                                              steps=sc.steps, eta=sc.eta, seed=0)
+            z = torch.zeros(len(STYLE_LEVELS), STYLE_DIM)
+            z[:, j] = torch.tensor(STYLE_LEVELS)
+            raw = result.style_norm.decode(z)[:, j].tolist()
+            figures.close(figures.style_grid(columns, col_labels, STYLE_LEVELS, name, raw,
+                                             path=fig_dir / f"style_{name}.png"))
 
     last = result.history[-1] if result.history else {}
     metrics = {

@@ -8,6 +8,10 @@ Per epoch it logs train loss, validation loss of the EMA weights (overall and pe
 quartile, on fixed noise so epochs compare), lr, epoch seconds and images/s, and writes a
 checkpoint (model, EMA, optimizer, scheduler, epoch, step, config). Resuming from a checkpoint
 continues exactly: the batch order and noise of each epoch are seeded by (seed, epoch, rank).
+
+A style-conditioned model (``model.style_dim > 0``) is trained on the style of every image,
+measured once for the whole split at the start (``style.py``) and fed as standard scores; the
+normaliser is saved in the checkpoint as ``style_norm``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from torch.utils.data import DistributedSampler
 from trainables.config import TrialConfig
 from trainables.data import Splits, load_splits
 from trainables.diffusion import Schedule, training_losses
+from trainables.style import StyleNorm, style_vectors
 from trainables.unet import UNet
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -90,6 +95,7 @@ class FitResult:
     detail: str = ""  # e.g. where the loss diverged
     train_seconds: float = 0.0  # wall seconds of the training steps, summed over epochs
     state: dict = field(default_factory=dict)  # the last checkpoint's contents (rank 0)
+    style_norm: StyleNorm | None = None  # the style standard scores' scale (style-on models)
 
 
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -117,9 +123,10 @@ def _sum_ranks(values: list[float], device) -> list[float]:
 
 @torch.no_grad()
 def validation_loss(model, sched: Schedule, images, labels, rank: int, world: int,
-                    batch_size: int = 500) -> dict:
-    """Mean ε-MSE over the given images with noise and t fixed by a constant seed, overall and
-    per timestep quartile; shards across ranks and sums."""
+                    batch_size: int = 500, style: torch.Tensor | None = None) -> dict:
+    """Mean ε-MSE over the given images (with their styles, for a style-on model) with noise
+    and t fixed by a constant seed, overall and per timestep quartile; shards across ranks and
+    sums."""
     g = torch.Generator().manual_seed(1234)
     n = len(labels)
     t_all = torch.randint(0, sched.timesteps, (n,), generator=g)
@@ -131,7 +138,8 @@ def validation_loss(model, sched: Schedule, images, labels, rank: int, world: in
         sl = slice(start, start + batch_size)
         t = t_all[sl].to(device)
         losses, _ = training_losses(model, sched, images[sl], labels[sl], t=t,
-                                    noise=noise_all[sl].to(device))
+                                    noise=noise_all[sl].to(device),
+                                    style=None if style is None else style[sl])
         quart = (t * 4 // sched.timesteps).clamp(max=3)
         sums[0] += losses.sum().item()
         counts[0] += len(losses)
@@ -171,6 +179,13 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size={tc.batch_size} exceeds the {len(train_y)} training images")
     sched = Schedule.from_config(cfg.diffusion)
+    # Style standard scores of every image, once, on the device (deterministic, so every rank
+    # and a resumed run get the same normaliser)
+    style_norm = train_s = val_s = None
+    if cfg.model.style_dim:
+        raw = style_vectors(train_x)
+        style_norm = StyleNorm.fit(raw)
+        train_s, val_s = style_norm.encode(raw), style_norm.encode(style_vectors(val_x))
 
     # Build model, EMA and optimizer (same init on every rank; DDP also broadcasts it)
     torch.manual_seed(tc.seed)
@@ -213,7 +228,8 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
         for i in range(steps_per_epoch):
             idx = order[i * local_batch : (i + 1) * local_batch]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                losses, _ = training_losses(train_model, sched, train_x[idx], train_y[idx])
+                losses, _ = training_losses(train_model, sched, train_x[idx], train_y[idx],
+                                            style=None if train_s is None else train_s[idx])
             loss = losses.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -249,7 +265,7 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
                    "lr": opt.param_groups[0]["lr"], "epoch_s": epoch_s,
                    "images_per_s": steps_done * local_batch * world / epoch_s,
                    "train_seconds": state["train_seconds"]}
-        metrics.update(validation_loss(ema, sched, val_x, val_y, rank, world))
+        metrics.update(validation_loss(ema, sched, val_x, val_y, rank, world, style=val_s))
         if probe is not None:
             t_probe = time.perf_counter()
             shared = [probe(ema) if rank == 0 else None]
@@ -276,6 +292,8 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
         last_state = {"model": model.state_dict(), "ema": ema.state_dict(),
                       "optimizer": opt.state_dict(), "scheduler": plateau.state_dict(),
                       "config": cfg.to_dict(), **state}
+        if style_norm is not None:
+            last_state["style_norm"] = style_norm.to_dict()
         with _checkpoint_dir(rank) as tmp:
             if tmp is not None:
                 torch.save(last_state, tmp / CHECKPOINT_FILE)
@@ -284,7 +302,7 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
             break
 
     return FitResult(model, ema, state["history"], stop_reason, detail, state["train_seconds"],
-                     last_state if rank == 0 else {})
+                     last_state if rank == 0 else {}, style_norm)
 
 
 @contextlib.contextmanager

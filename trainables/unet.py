@@ -5,8 +5,15 @@ The network knows nothing of noise schedules (see ``diffusion.py``). Conditionin
 classifier-free guidance, with label dropout applied inside the module while training. Time and
 label embeddings are summed and enter every residual block as a FiLM scale/shift.
 
+Optionally (``style_dim=2``) the model also conditions on a style vector (slant and thickness
+standard scores, see ``style.py``): a small MLP embedding added to the same sum, with a learned
+null style for style dropout. A null label implies the null style, so the unconditional branch of
+guidance is one input with nothing kept, and a style-on model without a style samples over all
+styles of the digit.
+
     model = UNet(UNetConfig(depth=3, width=32))   # channels (32, 64, 128), the seed's reference
     eps = model(x_t, t, labels)                   # (B, 1, 28, 28)
+    eps = UNet(UNetConfig(style_dim=2))(x_t, t, labels, style)   # style (B, 2)
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from trainables.style import STYLE_DIM, STYLE_NAMES
 
 MAX_DEPTH = 4
 MIN_WIDTH, MAX_WIDTH = 8, 256
@@ -30,6 +39,10 @@ class UNetConfig:
     attention: bool = False  # self-attention at the lowest resolution
     num_classes: int = 10  # labels 0..num_classes-1; index num_classes is the null label
     label_dropout: float = 0.1  # probability of the null label in training (for CFG)
+    style_dim: int = 0  # 0: digit only; STYLE_DIM (2): also slant and thickness (style.py)
+    # probability of the null style in training, on top of the dropped labels (which drop the
+    # style too): it trains the (digit, any style) input that sampling without a style uses
+    style_dropout: float = 0.2
     image_size: int = 28
     in_channels: int = 1
 
@@ -46,6 +59,11 @@ class UNetConfig:
             )
         if not 0 <= self.label_dropout < 1:
             raise ValueError(f"label_dropout={self.label_dropout} must be in [0, 1)")
+        if self.style_dim not in (0, STYLE_DIM):
+            raise ValueError(f"style_dim={self.style_dim}: use 0 (off) or {STYLE_DIM} "
+                             f"({', '.join(STYLE_NAMES)})")
+        if not 0 <= self.style_dropout < 1:
+            raise ValueError(f"style_dropout={self.style_dropout} must be in [0, 1)")
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -123,6 +141,10 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(cfg.width, cond_dim), nn.SiLU(),
                                       nn.Linear(cond_dim, cond_dim))
         self.label_emb = nn.Embedding(cfg.num_classes + 1, cond_dim)
+        if cfg.style_dim:  # style-off models keep exactly the parameters they always had
+            self.style_mlp = nn.Sequential(nn.Linear(cfg.style_dim, cond_dim), nn.SiLU(),
+                                           nn.Linear(cond_dim, cond_dim))
+            self.null_style = nn.Parameter(torch.zeros(cond_dim))
 
         self.stem = nn.Conv2d(cfg.in_channels, chs[0], 3, padding=1)
         self.down = nn.ModuleList()
@@ -157,11 +179,29 @@ class UNet(nn.Module):
         total = -self.cfg.image_size % 2 ** (self.cfg.depth - 1)
         return total // 2, total - total // 2
 
-    def forward(self, x, t, labels):
+    def style_embedding(self, labels, style):
+        """(B, cond_dim) embedding of the style, the null style where the label is null, where
+        style dropout strikes, or everywhere when `style` is None."""
+        null = self.null_style.expand(labels.shape[0], -1)
+        if style is None:
+            return null
+        if style.shape != (labels.shape[0], self.cfg.style_dim):
+            raise ValueError(f"style has shape {tuple(style.shape)}, expected "
+                             f"({labels.shape[0]}, {self.cfg.style_dim})")
+        keep = labels != self.cfg.null_label
+        if self.training and self.cfg.style_dropout > 0:
+            keep &= torch.rand(labels.shape, device=labels.device) >= self.cfg.style_dropout
+        return torch.where(keep[:, None], self.style_mlp(style.to(null.dtype)), null)
+
+    def forward(self, x, t, labels, style=None):
         if self.training and self.cfg.label_dropout > 0:
             drop = torch.rand(labels.shape, device=labels.device) < self.cfg.label_dropout
             labels = torch.where(drop, self.cfg.null_label, labels)
         cond = self.time_mlp(timestep_embedding(t, self.cfg.width)) + self.label_emb(labels)
+        if self.cfg.style_dim:
+            cond = cond + self.style_embedding(labels, style)
+        elif style is not None:
+            raise ValueError("this model has no style conditioning (style_dim=0)")
         cond = F.silu(cond)  # (B, cond_dim)
 
         lo, hi = self._padding()
@@ -192,8 +232,10 @@ def forward_flops(model: UNet) -> int:
     x = torch.zeros(1, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
     was_training = model.training
     model.eval()
+    # a style-on model is counted with a style, so its embedding's cost is included
+    style = torch.zeros(1, cfg.style_dim, device=device) if cfg.style_dim else None
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x, torch.zeros(1, dtype=torch.long, device=device),
-              torch.zeros(1, dtype=torch.long, device=device))
+              torch.zeros(1, dtype=torch.long, device=device), style)
     model.train(was_training)
     return counter.get_total_flops()
