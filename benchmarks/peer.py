@@ -43,7 +43,7 @@ from trainables.diffusion import Schedule, make_betas, training_losses  # noqa: 
 from trainables.evaluate import quality_probe  # noqa: E402
 from trainables.judge import load_or_train_judge  # noqa: E402
 from trainables.train_loop import LocalSession, fit, update_ema  # noqa: E402
-from trainables.unet import UNet, UNetConfig, num_groups  # noqa: E402
+from trainables.unet import UNet, UNetConfig, forward_flops, num_groups  # noqa: E402
 
 REFERENCE = {"depth": 3, "width": 32}  # the reference U-Net: channels 32/64/128
 PARAM_TOLERANCE = 0.10
@@ -170,20 +170,6 @@ class PeerTrainer:
         unet = deepcopy(self.unet)
         self.ema.copy_to(unet.parameters())
         return PeerEps(unet.eval(), self.ucfg)
-
-
-@torch.no_grad()
-def forward_flops(model: nn.Module) -> int:
-    """FLOPs of one conditional forward pass for one image (a multiply-add counts as 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    cfg, device = model.cfg, next(model.parameters()).device
-    x = torch.zeros(1, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
-    zero = torch.zeros(1, dtype=torch.long, device=device)
-    with FlopCounterMode(display=False) as counter:
-        model.eval()(x, zero, zero)
-    model.train()
-    return counter.get_total_flops()
 
 
 def _sync(device: torch.device) -> None:

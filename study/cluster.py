@@ -35,6 +35,8 @@ from pathlib import Path
 import requests
 import yaml
 
+from study.ray_env import RAY_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_PORT = 8265  # the dashboard and Jobs API port on the head node (Ray's default)
 #: Object stores the storage path may live in; anything else must be a path.
@@ -239,16 +241,13 @@ def submit(argv: list[str], *, name: str, output_dir: Path, storage_path: str | 
         if len(nodes) > 1:
             refuse_node_local(storage_path, shared_fs, f"{url} has {len(nodes)} nodes")
         gpus = gpus or int(sum(n.get("resources_total", {}).get("GPU", 0) for n in nodes))
-        from study.driver import TRAIN_POLL_ENV
-
         client = JobSubmissionClient(url, headers=auth_headers())
         entrypoint = shlex.join(["python", "study/run.py", *job_argv(argv, name, gpus)])
         job_id = client.submit_job(
             entrypoint=entrypoint, submission_id=f"study-{name}-{time.strftime('%Y%m%d-%H%M%S')}",
             runtime_env={"working_dir": str(ROOT), "excludes": UPLOAD_EXCLUDES,
                          "env_vars": {"PYTHONUNBUFFERED": "1",  # logs stream as they come
-                                      "RAY_TRAIN_ENABLE_STATE_TRACKING": "1",  # Train page
-                                      **TRAIN_POLL_ENV}},
+                                      **RAY_ENV}},
             metadata={"study": name, "storage_path": storage_path})
         print(f"submitted job {job_id}: {entrypoint}\n  status: {url}/#/jobs/{job_id}", flush=True)
         try:

@@ -10,19 +10,10 @@ import os
 import sys
 from pathlib import Path
 
-# Set before Ray is imported: quiet, deterministic local runs.
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-# The dashboard's Train page lists Train runs only with state tracking on.
-os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
-# Worker reports carry per-epoch metrics; the objectives arrive with each trial's final row.
-os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-# Ray Train's controller polls its workers this often (default 2 s); each trial waits about one
-# interval to see its workers start, report and finish: 0.5 s cut start-up + teardown by ~3.5 s
-# per trial (benchmarks/RESULTS.md). A cluster job gets it through study/cluster.py.
-TRAIN_POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
-for _k, _v in TRAIN_POLL_ENV.items():
-    os.environ.setdefault(_k, _v)
+from study.ray_env import RAY_ENV
+
+for _name, _value in RAY_ENV.items():  # before Ray is imported
+    os.environ.setdefault(_name, _value)
 
 import optuna  # noqa: E402
 import ray  # noqa: E402

@@ -14,7 +14,7 @@ YAML/JSON file may override any range::
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 
@@ -28,8 +28,8 @@ class SearchSpace:
     style: tuple[bool, ...] = (False,)
 
     def __post_init__(self):
-        for name in ("depth", "width", "lr", "guidance", "style"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+        for f in fields(self):  # lists from YAML/JSON/study.json → tuples
+            object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         if not self.depth or not self.width:
             raise ValueError("the search space is empty: depth and width need at least one "
                              "choice each")

@@ -163,7 +163,6 @@ class StudySearch(OptunaSearch):
         failed = row.get("status") != "ok" or row.get(QUALITY) is None
         super().on_trial_complete(trial_id, None if failed else row, error=failed)
 
-
     def _told_before(self, trial_id) -> bool:
         """Whether Optuna already holds this trial's outcome (told before a driver crash)."""
         ot_trial = self._ot_trials.get(trial_id)

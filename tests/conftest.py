@@ -5,6 +5,7 @@ import os
 import re
 import struct
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -13,6 +14,15 @@ import pytest
 import torch
 
 from trainables.data import DataConfig, load_splits
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY_CLI = [sys.executable, str(ROOT / "study" / "run.py")]
+
+
+def study_env(cache: Path) -> dict:
+    """The environment of a `study/run.py` subprocess: a private cache, quiet Ray, live output."""
+    return {**os.environ, "STUDY_CACHE_DIR": str(cache), "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -87,21 +97,22 @@ def analysis_smoke_study(tmp_path_factory) -> Path:
     """A real smoke study (2 tiny trials, no CLIP) made by the CLI, shared by the analysis tests;
     the end of the run also writes the post-study inputs and the report. Its stdout is saved
     as run.log beside the study directory."""
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parent.parent
     out = tmp_path_factory.mktemp("analysis_runs")
-    env = {**os.environ, "STUDY_CACHE_DIR": str(tmp_path_factory.mktemp("analysis_cache")),
-           "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-           "PYTHONUNBUFFERED": "1"}
-    p = subprocess.run([sys.executable, str(root / "study" / "run.py"), "--preset", "smoke",
-                        "--dataset", "digits", "--no-clip", "--name", "smoke",
-                        "--output-dir", str(out)], env=env, capture_output=True, text=True,
-                       timeout=900)
+    p = subprocess.run([*STUDY_CLI, "--preset", "smoke", "--dataset", "digits", "--no-clip",
+                        "--name", "smoke", "--output-dir", str(out)],
+                       env=study_env(tmp_path_factory.mktemp("analysis_cache")),
+                       capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (out / "run.log").write_text(p.stdout)  # beside the study, for tests of what it printed
     return out / "smoke"
+
+
+def session_id(pid: int) -> int | None:
+    """The session a process belongs to (None once it is gone)."""
+    try:
+        return os.getsid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
 
 
 class Live:
@@ -135,13 +146,7 @@ class Live:
         """SIGKILL the command and every process of its session (e.g. a local Ray's)."""
         import psutil
 
-        def sid(p):
-            try:
-                return os.getsid(p.pid)
-            except (ProcessLookupError, PermissionError):
-                return None
-
-        procs = [p for p in psutil.process_iter() if sid(p) == self.proc.pid]
+        procs = [p for p in psutil.process_iter() if session_id(p.pid) == self.proc.pid]
         for p in procs:
             p.kill()
         psutil.wait_procs(procs, timeout=30)

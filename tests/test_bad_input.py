@@ -7,6 +7,7 @@ in test_cluster.py, CLIP checkpoint-format cases in test_clip_score.py.
 """
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -43,7 +44,7 @@ def runs(tmp_path, monkeypatch):
     setup = resolve(parse_args([*BASE, "--name", "old", "--output-dir", str(out)]))
     old = out / "old"
     (old / "trials" / "t1").mkdir(parents=True)
-    (old / "study.json").write_text(__import__("json").dumps(setup))
+    (old / "study.json").write_text(json.dumps(setup))
     (old / "results.csv").write_text("trial_id,status\nt1,ok\n")
     (old / "trials" / "t1" / "checkpoint.pt").write_bytes(b"weights")
     return out

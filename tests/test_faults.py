@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,21 +25,16 @@ import pandas as pd
 import psutil
 import pytest
 import requests
+from conftest import STUDY_CLI, session_id, study_env
 
 from study.results import read_results
 
-ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ["--preset", "smoke", "--dataset", "digits", "--no-clip"]
 pytestmark = pytest.mark.slow
 
 
-def study_env(cache: Path) -> dict:
-    return {**os.environ, "STUDY_CACHE_DIR": str(cache), "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "PYTHONUNBUFFERED": "1"}
-
-
 def study(live, args: list[str], cache: Path):
-    return live([sys.executable, str(ROOT / "study" / "run.py"), *args], study_env(cache))
+    return live([*STUDY_CLI, *args], study_env(cache))
 
 
 def test_killed_worker_resumes_and_diverged_trial_is_failed(live, tmp_path):
@@ -84,7 +78,7 @@ def test_killed_worker_resumes_and_diverged_trial_is_failed(live, tmp_path):
 def assert_local_ray_is_private(run) -> None:
     """Every socket the study's local Ray listens on is on the loopback (GCS, raylet, agents,
     dashboard), and its dashboard API refuses a request without the token."""
-    pids = {p.pid for p in psutil.process_iter() if _sid(p.pid) == run.proc.pid}
+    pids = {p.pid for p in psutil.process_iter() if session_id(p.pid) == run.proc.pid}
     listening = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet")
                  if c.status == psutil.CONN_LISTEN and c.pid in pids}
     assert len(listening) >= 5, listening  # GCS, raylet, dashboard, agents, workers
@@ -95,13 +89,6 @@ def assert_local_ray_is_private(run) -> None:
     token = (Path.home() / ".ray" / "auth_token").read_text().strip()
     assert requests.get(f"{url}/api/v0/nodes", timeout=30,
                         headers={"Authorization": f"Bearer {token}"}).status_code == 200
-
-
-def _sid(pid: int) -> int | None:
-    try:
-        return os.getsid(pid)
-    except (ProcessLookupError, PermissionError):
-        return None
 
 
 def test_killed_driver_resumes_without_rerunning(live, tmp_path):
@@ -117,11 +104,14 @@ def test_killed_driver_resumes_without_rerunning(live, tmp_path):
     study_dir = tmp_path / "crash"
     before = read_results(study_dir).set_index("trial_id")
     assert first in before.index
+    # A trial started again would write to its Train run (a new checkpoint, a new snapshot).
+    train_run = next((study_dir / "ray").glob(f"crash_train_{first}_*"))
+    train_files = {p: p.stat().st_mtime_ns for p in train_run.rglob("*")}
 
     again = study(live, [*args, "--resume"], tmp_path / "cache")
     assert again.finish() == 0, again.log()
-    assert not any(f"[crash_train_{first}_" in line for line in again.lines), \
-        "a finished trial was trained again"
+    assert {p: p.stat().st_mtime_ns for p in train_run.rglob("*")} == train_files, \
+        "a finished trial was started again"
 
     df = read_results(study_dir).set_index("trial_id")
     assert len(df) == 2 and (df["status"] == "ok").all(), df[["status", "error"]]
@@ -134,7 +124,10 @@ def test_killed_driver_resumes_without_rerunning(live, tmp_path):
     table = sorted(zip(df["lr"], df["guidance"], df["quality"], df["train_cost_s"], strict=True))
     db = sorted((t.params["lr"], t.params["guidance"], *t.values) for t in done)
     np.testing.assert_allclose(db, table, rtol=1e-9)
-    # ... and so does Tune's own state.
+    # ... and so does Tune's own state: the same trials with the same configs.
     state = json.loads(max((study_dir / "ray" / "crash").glob("experiment_state-*.json"))
                        .read_text())
-    assert len(state["trial_data"]) == 2
+    tune_trials = {t["trial_id"]: t["config"] for t in
+                   (json.loads(data) for data, _ in state["trial_data"])}
+    assert set(tune_trials) == set(df.index)
+    assert all(tune_trials[i]["lr"] == df.loc[i, "lr"] for i in df.index)

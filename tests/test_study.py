@@ -3,24 +3,19 @@ workers) and real Optuna SQLite storage. Resume after a crash, worker and node f
 test_faults.py and test_cluster.py; bad input: test_bad_input.py."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import STUDY_CLI, study_env
 
 from study.results import COLUMNS, read_results
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def run_cli(*args, cache_dir: Path, timeout=600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "STUDY_CACHE_DIR": str(cache_dir), "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "study" / "run.py"), *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*STUDY_CLI, *args], env=study_env(cache_dir), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +132,16 @@ def test_resumed_searcher_adopts_the_suggestion_a_crash_left_running(tmp_path):
     assert [resumed._ot_trials[t].number for t in ("t-after-resume", "t-next")] == [0, 1]
     ot = optuna.load_study(study_name="s", storage=storage)
     assert len(ot.trials) == 2  # no dangling third trial
+
+
+def test_trial_config_turns_style_on_from_the_search_axis():
+    from study.trial import describe, trial_config
+    from trainables.config import TrialConfig
+    from trainables.style import STYLE_DIM
+
+    base = TrialConfig().to_dict()
+    params = {"depth": 2, "width": 8, "lr": 1e-3, "guidance": 1.0}
+    on = trial_config(base, {**params, "style": True})
+    assert on.model.style_dim == STYLE_DIM and describe(on)["style"] is True
+    off = trial_config(base, params)  # tables and spaces from before the axis existed
+    assert off.model.style_dim == 0 and describe(off)["style"] is False

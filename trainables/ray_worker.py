@@ -39,18 +39,23 @@ class RaySession:
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self.run_name = ctx.get_experiment_name()
+        self._resume_dir: tempfile.TemporaryDirectory | None = None
 
     def prepare_model(self, model):
         return ray.train.torch.prepare_model(model)
 
     def latest_checkpoint(self) -> Path | None:
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        # A private local copy per rank. The default shared temporary folder races: two ranks on
-        # one node download into it, and the second rewrites files the first is reading.
-        self._resume_dir = tempfile.TemporaryDirectory(prefix=f"resume-rank{self.rank}-")
-        path = Path(ckpt.to_directory(self._resume_dir.name))
+        """The checkpoint Train resumes this worker from, downloaded once (the worker function
+        and `fit` both ask)."""
+        if self._resume_dir is None:
+            ckpt = ray.train.get_checkpoint()
+            if ckpt is None:
+                return None
+            # A private copy per rank: in the default shared temporary folder two ranks on one
+            # node download at once, and the second rewrites files the first is reading.
+            self._resume_dir = tempfile.TemporaryDirectory(prefix=f"resume-rank{self.rank}-")
+            ckpt.to_directory(self._resume_dir.name)
+        path = Path(self._resume_dir.name)
         return path if (path / CHECKPOINT_FILE).exists() or (path / OUTCOME_FILE).exists() \
             else None
 

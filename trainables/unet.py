@@ -222,9 +222,10 @@ class UNet(nn.Module):
         return h[..., lo:lo + size, lo:lo + size]  # (B, 1, 28, 28)
 
 
-def forward_flops(model: UNet) -> int:
+def forward_flops(model: nn.Module) -> int:
     """FLOPs of one forward pass for one image (one conditional evaluation), counted by
-    torch.utils.flop_counter (a multiply-add counts as 2)."""
+    torch.utils.flop_counter (a multiply-add counts as 2). `model` is a UNet, or any
+    `(x_t, t, labels) -> eps` module with a UNetConfig as `cfg` (the peer benchmark's)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     cfg = model.cfg
@@ -233,9 +234,9 @@ def forward_flops(model: UNet) -> int:
     was_training = model.training
     model.eval()
     # a style-on model is counted with a style, so its embedding's cost is included
-    style = torch.zeros(1, cfg.style_dim, device=device) if cfg.style_dim else None
+    style = (torch.zeros(1, cfg.style_dim, device=device),) if cfg.style_dim else ()
+    zero = torch.zeros(1, dtype=torch.long, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, torch.zeros(1, dtype=torch.long, device=device),
-              torch.zeros(1, dtype=torch.long, device=device), style)
+        model(x, zero, zero, *style)
     model.train(was_training)
     return counter.get_total_flops()
