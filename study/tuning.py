@@ -144,7 +144,13 @@ class StudySearch(OptunaSearch):
         if trial_id not in self._ot_trials and (orphan := self._orphan()) is not None:
             # Optuna asked for this one before the driver died, but Tune's saved state never
             # recorded it: run it now instead of asking anew, so no trial dangles in Optuna.
-            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, orphan._trial_id)
+            ot_trial = optuna.Trial(self._ot_study, orphan._trial_id)
+            # A kill between Optuna's writes can leave some parameters unset: sample them now,
+            # as `study.ask(fixed_distributions)` does (Optuna has no public call for this).
+            for name, dist in self._space.items():
+                if name not in orphan.params:
+                    ot_trial._suggest(name, dist)
+            self._ot_trials[trial_id] = ot_trial
         return super().suggest(trial_id)
 
     def _orphan(self) -> optuna.trial.FrozenTrial | None:

@@ -133,6 +133,15 @@ def test_resumed_searcher_adopts_the_suggestion_a_crash_left_running(tmp_path):
     ot = optuna.load_study(study_name="s", storage=storage)
     assert len(ot.trials) == 2  # no dangling third trial
 
+    # Killed between Optuna's writes: a trial holding only some parameters is completed.
+    for number in (0, 1):
+        ot.tell(number, state=optuna.trial.TrialState.FAIL)
+    partial = ot.ask()
+    partial.suggest_float("lr", 1e-3, 2e-3, log=True)
+    completed = searcher().suggest("t-partial")
+    assert completed["lr"] == partial.params["lr"] and set(completed) == set(crashed)
+    assert len(ot.trials) == 3
+
 
 def test_trial_config_turns_style_on_from_the_search_axis():
     from study.trial import describe, trial_config
