@@ -1,7 +1,8 @@
 """GPU benchmark body (run through benchmarks/gpu.sh): three measurements in one short run.
 
 1. Training images/s of the seed's reference U-Net (channels 32/64/128) at batch 256:
-   fp32 (TF32) and bf16 autocast, each plain, with channels_last and with torch.compile.
+   fp32 (TF32) and bf16 autocast, each plain, with channels_last and with torch.compile (fp32
+   also with CUDA graphs: torch.compile mode="reduce-overhead").
 2. Packing: K processes training at once on the one GPU (as K Tune trials with fractional
    GPUs would); per-trial throughput relative to K = 1, and the largest K still ≥ 80%.
 3. Time for the reference model to reach ≥ 98% judge accuracy at w = 2 (default precision).
@@ -35,7 +36,10 @@ def throughput(variant: str, steps: int = 60, warmup: int = 15) -> float:
     if "channels_last" in variant:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    run = torch.compile(model) if "compile" in variant else model
+    run = (torch.compile(model) if "compile" in variant
+           # CUDA graphs: one replay per step instead of ~100 kernel launches from Python
+           else torch.compile(model, mode="reduce-overhead") if "cudagraphs" in variant
+           else model)
     sched = Schedule.from_config(DiffusionConfig())
     x = torch.randn(BATCH, 1, 28, 28, device=dev)
     if "channels_last" in variant:
@@ -95,6 +99,8 @@ def time_to_accuracy(target: float = 0.98, minutes: float = 2.5) -> tuple[float 
 
 
 SECTIONS = ("throughput", "packing", "accuracy")
+VARIANTS = ("fp32", "fp32+channels_last", "fp32+compile", "fp32+cudagraphs", "bf16",
+            "bf16+channels_last", "bf16+compile")
 
 
 def main() -> None:
@@ -103,28 +109,31 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help=f"comma-separated subset of {', '.join(SECTIONS)} (default: all)")
-    sections = set(p.parse_args().sections.split(","))
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help="comma-separated throughput variants, the first is the baseline "
+                        f"(default: {', '.join(VARIANTS)})")
+    a = p.parse_args()
+    sections = set(a.sections.split(","))
     print(f"# GPU benchmark — {machine()}")
     if "throughput" in sections:
-        throughputs()
+        throughputs(a.variants.split(","))
     if "packing" in sections:
         packing()
     if "accuracy" in sections:
         accuracy()
 
 
-def throughputs() -> None:
+def throughputs(variants) -> None:
     base = None
     print("\n## Training throughput, reference U-Net (32/64/128), batch 256")
-    for variant in ("fp32", "fp32+channels_last", "fp32+compile", "bf16", "bf16+channels_last",
-                    "bf16+compile"):
+    for variant in variants:
         try:
             ips = throughput(variant)
         except Exception as e:  # e.g. no compiler toolchain for torch.compile
             print(f"{variant:20s} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
             continue
         base = base or ips
-        print(f"{variant:20s} {ips:9.0f} images/s  ({ips / base:.2f}× fp32)", flush=True)
+        print(f"{variant:20s} {ips:9.0f} images/s  ({ips / base:.2f}× {variants[0]})", flush=True)
 
 
 def packing() -> None:

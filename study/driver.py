@@ -52,7 +52,12 @@ def size_trials(setup: dict) -> dict:
     workers = setup["workers_per_trial"]
     use_gpu = setup["use_gpu"] and gpus > 0
     if use_gpu:
-        gpus_per_worker = 1 / setup["trials_per_gpu"]
+        # NCCL refuses two ranks of one process group on the same GPU, so only single-worker
+        # trials share a GPU; a DDP trial takes a whole GPU per worker.
+        gpus_per_worker = 1 / setup["trials_per_gpu"] if workers == 1 else 1.0
+        if workers > gpus:
+            raise ValueError(f"a trial's {workers} DDP workers each need a GPU of their own and "
+                             f"the cluster has {gpus:g}: use --workers-per-trial {int(gpus)}")
         concurrent = max(1, math.floor(gpus / (gpus_per_worker * workers)))
     else:
         gpus_per_worker = 0.0
@@ -87,7 +92,11 @@ def run_study(setup: dict, resume: bool = False) -> int:
             except ClusterError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
-        setup = size_trials(setup)
+        try:
+            setup = size_trials(setup)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(f"study {setup['name']}: {setup['num_trials']} trials, {setup['concurrent']} at a "
               f"time, {setup['workers_per_trial']} worker(s) each "
               f"({setup['cpus_per_worker']} CPU" + (f", {setup['gpus_per_worker']:.2f} GPU"

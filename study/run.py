@@ -120,6 +120,15 @@ def resolve(args: argparse.Namespace) -> dict:
     if workers < 1 or args.trials_per_gpu < 1 or args.confirm_seeds < 0:
         raise UsageError("--workers-per-trial and --trials-per-gpu must be >= 1, "
                          "--confirm-seeds >= 0")
+    local_gpus = torch.cuda.device_count() if cuda and not (args.address or args.cluster) else 0
+    if workers > local_gpus > 0:  # NCCL needs a GPU per DDP worker (see driver.size_trials)
+        if args.workers_per_trial is not None:
+            raise UsageError(f"--workers-per-trial {workers}: each DDP worker needs a GPU of its "
+                             f"own and this machine has {local_gpus}")
+        print(f"note: the {preset_name} preset's {workers} DDP workers per trial need "
+              f"{workers} GPUs; this machine has {local_gpus}, so each trial runs "
+              f"{local_gpus} worker(s)", file=sys.stderr)
+        workers = local_gpus
     name = args.name or f"{preset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     cluster.check_storage_path(args.storage_path)
     study_dir = (cluster.study_root(args.storage_path, args.output_dir) / name).resolve()

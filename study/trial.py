@@ -97,6 +97,14 @@ def describe(cfg: TrialConfig) -> dict:
             "timesteps": cfg.diffusion.timesteps, "dataset": cfg.data.dataset}
 
 
+def wall_columns(setup: dict, wall: float, workers: int, busy_s: float) -> dict:
+    """What a trial's wall time cost: worker- and GPU-seconds held, and the start-up share
+    (wall time not spent training, probing or evaluating)."""
+    return {"trial_wall_s": wall, "worker_seconds": wall * workers,
+            "gpu_seconds": wall * workers * setup["gpus_per_worker"] if setup["use_gpu"] else 0.0,
+            "startup_s": wall - busy_s}
+
+
 def summarise(m: dict, row: dict, setup: dict, wall: float) -> dict:
     """Cost and quality columns from the worker's final report."""
     failed = m.get("stop_reason") == "diverged"
@@ -106,11 +114,8 @@ def summarise(m: dict, row: dict, setup: dict, wall: float) -> dict:
         "status": "failed" if failed else "ok",
         "error": m.get("error"),
         "epochs_run": m.get("epoch", 0),
-        "trial_wall_s": wall,
-        "worker_seconds": wall * row["workers"],
-        "gpu_seconds": wall * row["workers"] * setup["gpus_per_worker"] if setup["use_gpu"]
-        else 0.0,
-        "startup_s": wall - train_s - m.get("eval_total_s", 0.0) - m.get("probe_s_total", 0.0),
+        **wall_columns(setup, wall, row["workers"],
+                       train_s + m.get("eval_total_s", 0.0) + m.get("probe_s_total", 0.0)),
         COST: None if failed else train_s,
         QUALITY: None if failed else m.get(setup["quality_metric"]),
     })

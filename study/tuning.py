@@ -18,7 +18,16 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from study import results
-from study.trial import COST, PROBE, QUALITY, describe, hyperparameters, one_line, trial_config
+from study.trial import (
+    COST,
+    PROBE,
+    QUALITY,
+    describe,
+    hyperparameters,
+    one_line,
+    trial_config,
+    wall_columns,
+)
 
 SETUP_FILE, JUDGE_FILE = "study.json", "judge.pt"
 _finalizers: dict[str, Finalizer] = {}
@@ -102,8 +111,9 @@ class Finalizer:
             "images_seen": round(result.get("images_per_s", 0) * train_s),
             "final_train_loss": result.get("train_loss"),
             "final_val_loss": result.get("val_loss"), PROBE: result.get(PROBE),
-            "trial_wall_s": wall, "worker_seconds": wall * workers,
-            "startup_s": wall - train_s,  # includes the per-epoch probes (not timed apart here)
+            **wall_columns(self.setup, wall, workers, train_s + result.get("probe_s_total", 0.0)),
+            "trainer_start_s": result.get("trainer_start_s"),
+            "worker_setup_s": result.get("worker_setup_s"),
             "quality_metric": self.setup["quality_metric"],
             QUALITY: m.get(self.setup["quality_metric"]), COST: train_s,
         }

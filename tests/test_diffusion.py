@@ -143,6 +143,27 @@ def test_guidance_zero_is_conditional_and_batched_cfg_equals_two_forwards():
     torch.testing.assert_close(guided_eps(m, x, t, y, w, 10), two)
 
 
+def test_sliced_forwards_give_the_same_samples_and_calls_stay_under_max_batch():
+    """CPU sampling passes the model at most `max_batch` images per call (smaller batches are
+    faster there); the images, noise stream included, must not depend on it."""
+    calls = []
+
+    class Counting(ToyEps):
+        def forward(self, x, t, y):
+            calls.append(len(x))
+            return super().forward(x, t, y)
+
+    s = Schedule.from_config(DiffusionConfig(timesteps=20))
+    m, y = Counting(), torch.arange(10).repeat(3)
+    kw = dict(null_label=10, guidance=2.0, steps=5, eta=1.0, image_shape=(1, 4, 4))
+    whole = sample(m, s, y, generator=torch.Generator().manual_seed(4), **kw)
+    assert calls == [60] * 5
+    calls.clear()
+    sliced = sample(m, s, y, generator=torch.Generator().manual_seed(4), max_batch=25, **kw)
+    assert calls == [25, 25, 10] * 5
+    torch.testing.assert_close(whole, sliced)
+
+
 def test_ddim_timesteps():
     assert ddim_timesteps(100, 100) == list(range(99, -1, -1))
     ts = ddim_timesteps(100, 10)

@@ -66,6 +66,11 @@ def test_smoke_study_records_every_trial(smoke_study):
     assert setup["quality_metric"] == "clip_top" and setup["versions"]["ray"]
     ref = json.loads((study_dir / "reference.json").read_text())
     assert ref["judge_acc"] > 0.8  # real digits through the same pipeline
+    # every epoch report carries the start-up split, so a trial ASHA stops is costed too
+    epochs = [json.loads(line) for f in (study_dir / "ray" / "smoke").glob("*/result.json")
+              for line in f.read_text().splitlines()]
+    epochs = [r for r in epochs if "train_loss" in r]
+    assert epochs and all(r["trainer_start_s"] > 0 and "probe_s_total" in r for r in epochs)
 
 
 @pytest.mark.slow
@@ -98,13 +103,15 @@ def test_asha_stopped_trial_is_evaluated_from_its_checkpoint(smoke_study, tmp_pa
     shutil.copy(copy / done["checkpoint_path"], epoch_ckpt / "checkpoint.pt")
     last_result = {"checkpoint_path": str(epoch_ckpt), "epoch": 1, "train_seconds": 2.0,
                    "images_per_s": 800.0, "time_total_s": 12.0, "train_loss": 0.5,
-                   "val_loss": 0.4, "probe_judge_acc": 0.1}
+                   "val_loss": 0.4, "probe_judge_acc": 0.1, "probe_s_total": 1.5,
+                   "trainer_start_s": 6.0, "worker_setup_s": 0.5}
     config = {"depth": int(done["depth"]), "width": int(done["width"]),
               "lr": float(done["lr"]), "guidance": float(done["guidance"])}
     row = Finalizer(copy)("stopped1", last_result, config)
     assert row["status"] == "ok" and row["stop_reason"] == "asha"
     assert row["quality"] == row["clip_top"] is not None and row["train_cost_s"] == 2.0
-    assert row["startup_s"] == pytest.approx(10.0) and row["images_seen"] == 1600
+    assert row["startup_s"] == pytest.approx(12.0 - 2.0 - 1.5) and row["images_seen"] == 1600
+    assert (row["trainer_start_s"], row["worker_setup_s"], row["gpu_seconds"]) == (6.0, 0.5, 0.0)
     table = read_results(copy).set_index("trial_id")
     assert table.loc["stopped1", "stop_reason"] == "asha"
     assert (copy / table.loc["stopped1", "samples_path"]).exists()
@@ -154,3 +161,29 @@ def test_trial_config_turns_style_on_from_the_search_axis():
     assert on.model.style_dim == STYLE_DIM and describe(on)["style"] is True
     off = trial_config(base, params)  # tables and spaces from before the axis existed
     assert off.model.style_dim == 0 and describe(off)["style"] is False
+
+
+@pytest.mark.parametrize("workers, gpus, per_worker, concurrent", [
+    (1, 1, 0.5, 2),  # single-worker trials share a GPU (--trials-per-gpu 2)
+    (2, 2, 1.0, 1),  # DDP ranks never share one: NCCL refuses two ranks on a device
+    (2, 4, 1.0, 2),
+])
+def test_gpu_trials_are_sized_so_ddp_ranks_get_their_own_gpu(monkeypatch, workers, gpus,
+                                                              per_worker, concurrent):
+    from study import driver
+
+    monkeypatch.setattr(driver.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": gpus})
+    setup = {"workers_per_trial": workers, "use_gpu": True, "trials_per_gpu": 2,
+             "num_trials": 8, "study_dir": "/tmp/s"}
+    sized = driver.size_trials(setup)
+    assert (sized["gpus_per_worker"], sized["concurrent"]) == (per_worker, concurrent)
+
+
+def test_a_ddp_trial_wider_than_the_gpus_is_refused(monkeypatch):
+    from study import driver
+
+    monkeypatch.setattr(driver.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    setup = {"workers_per_trial": 2, "use_gpu": True, "trials_per_gpu": 2, "num_trials": 2,
+             "study_dir": "/tmp/s"}
+    with pytest.raises(ValueError, match="each need a GPU of their own"):
+        driver.size_trials(setup)

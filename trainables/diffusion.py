@@ -103,7 +103,12 @@ def q_sample(sched: Schedule, x_start, t, noise) -> torch.Tensor:
     return a.sqrt() * x_start + (1 - a).sqrt() * noise
 
 
-def _eps(model: EpsModel, x, t, labels, style) -> torch.Tensor:
+def _eps(model: EpsModel, x, t, labels, style, max_batch: int | None = None) -> torch.Tensor:
+    """model(x_t, t, labels[, style]), in slices of at most `max_batch` images when given."""
+    if max_batch is not None and len(x) > max_batch:
+        return torch.cat([_eps(model, *(v[i:i + max_batch] if v is not None else None
+                                        for v in (x, t, labels, style)))
+                          for i in range(0, len(x), max_batch)])
     return model(x, t, labels) if style is None else model(x, t, labels, style)
 
 
@@ -121,14 +126,15 @@ def training_losses(model: EpsModel, sched: Schedule, x_start, labels, t=None, n
 
 
 def guided_eps(model: EpsModel, x, t, labels, guidance: float, null_label: int,
-               style: torch.Tensor | None = None) -> torch.Tensor:
-    """Classifier-free guided ε in one batched forward (conditional and null labels stacked)."""
+               style: torch.Tensor | None = None, max_batch: int | None = None) -> torch.Tensor:
+    """Classifier-free guided ε: conditional and null labels stacked into one batch, passed to
+    the model in slices of at most `max_batch` images (all at once when None)."""
     if guidance == 0:
-        return _eps(model, x, t, labels, style)
+        return _eps(model, x, t, labels, style, max_batch)
     null = torch.full_like(labels, null_label)
     both_style = None if style is None else torch.cat([style, style])  # null label: no style
     eps_cond, eps_uncond = _eps(model, torch.cat([x, x]), torch.cat([t, t]),
-                                torch.cat([labels, null]), both_style).chunk(2)
+                                torch.cat([labels, null]), both_style, max_batch).chunk(2)
     return (1 + guidance) * eps_cond - guidance * eps_uncond
 
 
@@ -181,12 +187,13 @@ def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
 @torch.no_grad()
 def sample(model: EpsModel, sched: Schedule, labels: torch.Tensor, *, null_label: int,
            guidance: float = 0.0, sampler: Literal["ddpm", "ddim"] = "ddim",
-           steps: int | None = None, eta: float = 0.0, generator: torch.Generator | None = None,
+           steps: int | None = None, eta: float = 1.0, generator: torch.Generator | None = None,
            image_shape=(1, 28, 28), clip: bool = True, return_trajectory: bool = False,
-           style: torch.Tensor | None = None):
+           style: torch.Tensor | None = None, max_batch: int | None = None):
     """Generate one image per label (and per style row, when given), from x_T ~ N(0, I).
 
-    Noise is drawn on the CPU from `generator`, so a seed gives the same images on any device.
+    Noise is drawn on the CPU from `generator`, so a seed gives the same images on any device,
+    and whatever `max_batch` (the most images per model call; all at once when None) is.
     Returns x_0, or (x_0, trajectory) where trajectory[i] is the batch after i denoising steps
     (trajectory[0] is the starting noise), on the CPU.
     """
@@ -206,7 +213,7 @@ def sample(model: EpsModel, sched: Schedule, labels: torch.Tensor, *, null_label
         raise ValueError(f"unknown sampler {sampler!r}: use 'ddpm' or 'ddim'")
     for i, t in enumerate(ts):
         tt = torch.full((b,), t, device=device, dtype=torch.long)
-        eps = guided_eps(model, x, tt, labels, guidance, null_label, style).float()
+        eps = guided_eps(model, x, tt, labels, guidance, null_label, style, max_batch).float()
         if sampler == "ddpm":
             x = ddpm_step(sched, x, t, eps, randn() if t > 0 else None, clip)
         else:

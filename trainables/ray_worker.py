@@ -40,6 +40,8 @@ class RaySession:
         self.device = ray.train.torch.get_device()
         self.run_name = ctx.get_experiment_name()
         self._resume_dir: tempfile.TemporaryDirectory | None = None
+        self.startup: dict = {}  # trainer_start_s, worker_setup_s once known
+        self._probe_s_total = 0.0
 
     def prepare_model(self, model):
         return ray.train.torch.prepare_model(model)
@@ -60,9 +62,14 @@ class RaySession:
             else None
 
     def report(self, metrics, checkpoint_dir):
+        epoch = "train_loss" in metrics
+        reported = metrics
+        if epoch:  # carry what a trial that ASHA stops after this epoch is costed by
+            self._probe_s_total += metrics.get("probe_s", 0.0)
+            reported = {**metrics, **self.startup, "probe_s_total": self._probe_s_total}
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt)
-        if self.rank == 0 and "train_loss" in metrics:  # progress, once the checkpoint is stored
+        ray.train.report(reported, checkpoint=ckpt)
+        if self.rank == 0 and epoch:  # progress, once the checkpoint is stored
             # Through logging: Train forwards it to the driver once (a print is teed twice).
             logger.info("[%s] %s", self.run_name, format_metrics(metrics))
 
@@ -86,6 +93,9 @@ def train_fn_per_worker(config: dict) -> None:
     splits = load_splits(cfg.data)
     judge = Judge.from_state(config["judge"], device=session.device)
     ready = time.time()
+    # start-up: Ray Train (controller, worker processes, process group), then data and judge
+    session.startup = {"trainer_start_s": entered - config.get("trial_start", entered),
+                       "worker_setup_s": ready - entered}
     result = fit(cfg, session, splits, probe=quality_probe(judge, cfg))
 
     last = result.history[-1] if result.history else {}
@@ -97,9 +107,7 @@ def train_fn_per_worker(config: dict) -> None:
                "final_train_loss": last.get("train_loss"), "final_val_loss": last.get("val_loss"),
                "probe_judge_acc": last.get("probe_judge_acc", 0.0),
                "probe_s_total": sum(h.get("probe_s", 0.0) for h in result.history),
-               # start-up: Ray Train (controller, worker processes, process group), then data
-               "trainer_start_s": entered - config.get("trial_start", entered),
-               "worker_setup_s": ready - entered}
+               **session.startup}
     if session.rank != 0:
         session.report(metrics, None)
         return

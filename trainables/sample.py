@@ -22,11 +22,21 @@ from trainables.diffusion import Schedule, sample
 from trainables.style import STYLE_NAMES, style_tensor
 from trainables.unet import UNet
 
+# Most images per U-Net call when sampling on a CPU. There a forward of 2B images costs more
+# than two of B (caches): per image, d3 w16 took 0.8 ms at 64-200 images and 1.5 ms at 500-1000;
+# d4 w64 11 ms at 50 and 26 ms at 1000 (2-core EPYC, benchmarks/RESULTS.md "Sampling"). A GPU
+# takes the whole batch, conditional and unconditional halves in one call.
+CPU_FORWARD_BATCH = 64
+
+
+def forward_batch(device: torch.device) -> int | None:
+    return CPU_FORWARD_BATCH if device.type == "cpu" else None
+
 
 @torch.no_grad()
 def generate(model: UNet, sched: Schedule, digits: Iterable[int] = range(10),
              n_per_digit: int = 10, guidance: float = 2.0, sampler: str = "ddim",
-             steps: int | None = 25, eta: float = 0.0, seed: int = 0, batch_size: int = 500,
+             steps: int | None = 25, eta: float = 1.0, seed: int = 0, batch_size: int = 500,
              return_trajectory: bool = False,
              style: Mapping[str, float | Sequence[float] | torch.Tensor] | None = None):
     """`n_per_digit` images of each requested digit, grouped by digit.
@@ -56,7 +66,7 @@ def generate(model: UNet, sched: Schedule, digits: Iterable[int] = range(10),
     for start in range(0, len(labels), batch_size):
         out = sample(model, sched, labels[start : start + batch_size].to(device),
                      null_label=model.cfg.null_label, guidance=guidance, sampler=sampler,
-                     steps=steps, eta=eta, generator=g,
+                     steps=steps, eta=eta, generator=g, max_batch=forward_batch(device),
                      image_shape=(model.cfg.in_channels, model.cfg.image_size,
                                   model.cfg.image_size),
                      return_trajectory=return_trajectory,
