@@ -153,7 +153,9 @@ def make_tuner(setup: dict) -> tune.Tuner:
             search_alg=searcher, scheduler=make_scheduler(setup["base"]["train"]["epochs"]),
             num_samples=setup["num_trials"], max_concurrent_trials=setup["concurrent"],
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
-            reuse_actors=True),  # trial drivers are light; their process start is not
+            # Not reused: a reused trial driver outlives an ASHA stop, so its Ray Train run
+            # kept training and holding CPUs, and a cpu-preset study stalled after 4 trials.
+            reuse_actors=False),
         run_config=tune.RunConfig(
             name=setup["name"], storage_path=setup["storage_path"],
             callbacks=[ResultsCallback(setup["study_dir"])],
