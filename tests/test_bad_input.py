@@ -156,3 +156,21 @@ def test_command_line_exit_status_2(args, match, tmp_path):
     err = p.stderr.strip()
     assert p.returncode == 2 and err.count("\n") == 0 and match in err, p.stderr
     assert "Traceback" not in err and not any(tmp_path.glob("*/study.json"))
+
+
+def test_one_gpu_machine_runs_the_smoke_presets_ddp_trials_on_one_worker(tmp_path, monkeypatch,
+                                                                        capsys):
+    """NCCL refuses two ranks on one GPU: on a 1-GPU machine the preset's 2 workers become 1
+    (with a note), and asking for 2 explicitly is a usage error."""
+    import torch
+
+    from study.run import UsageError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    args = [*BASE, "--output-dir", str(tmp_path)]
+    setup = resolve(parse_args([*args, "--name", "a"]))
+    assert setup["workers_per_trial"] == 1 and setup["use_gpu"]
+    assert "this machine has 1" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="--workers-per-trial 2: each DDP worker needs a GPU"):
+        resolve(parse_args([*args, "--name", "b", "--workers-per-trial", "2"]))

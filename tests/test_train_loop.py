@@ -87,6 +87,20 @@ def test_probe_is_reported(tmp_path, digits_splits):
     assert r.history[-1]["probe_acc"] == 0.25 and r.history[-1]["probe_s"] >= 0
 
 
+def test_probe_time_total_is_cumulative_across_a_resume(tmp_path, digits_splits):
+    """probe_s_total costs a trial that ASHA stops: it must cover every epoch, also those
+    trained before a restart."""
+    def probe(ema):
+        return {"acc": 0.5}
+
+    fit(tiny(epochs=1), LocalSession(tmp_path, verbose=False), digits_splits, probe=probe)
+    r = fit(tiny(epochs=2), LocalSession(tmp_path, resume=True, verbose=False), digits_splits,
+            probe=probe)
+    assert [h["epoch"] for h in r.history] == [1, 2]
+    assert r.history[-1]["probe_s_total"] == pytest.approx(sum(h["probe_s"] for h in r.history))
+    assert r.history[-1]["probe_s_total"] > r.history[-1]["probe_s"]
+
+
 @pytest.mark.slow
 def test_cli_writes_run_directory(tmp_path):
     out = tmp_path / "run"

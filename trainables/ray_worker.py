@@ -41,7 +41,6 @@ class RaySession:
         self.run_name = ctx.get_experiment_name()
         self._resume_dir: tempfile.TemporaryDirectory | None = None
         self.startup: dict = {}  # trainer_start_s, worker_setup_s once known
-        self._probe_s_total = 0.0
 
     def prepare_model(self, model):
         return ray.train.torch.prepare_model(model)
@@ -63,10 +62,8 @@ class RaySession:
 
     def report(self, metrics, checkpoint_dir):
         epoch = "train_loss" in metrics
-        reported = metrics
-        if epoch:  # carry what a trial that ASHA stops after this epoch is costed by
-            self._probe_s_total += metrics.get("probe_s", 0.0)
-            reported = {**metrics, **self.startup, "probe_s_total": self._probe_s_total}
+        # an epoch carries the start-up split too: a trial ASHA stops after it is costed by it
+        reported = {**metrics, **self.startup} if epoch else metrics
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(reported, checkpoint=ckpt)
         if self.rank == 0 and epoch:  # progress, once the checkpoint is stored
@@ -106,7 +103,7 @@ def train_fn_per_worker(config: dict) -> None:
                "images_per_s": images_seen / result.train_seconds if result.train_seconds else 0,
                "final_train_loss": last.get("train_loss"), "final_val_loss": last.get("val_loss"),
                "probe_judge_acc": last.get("probe_judge_acc", 0.0),
-               "probe_s_total": sum(h.get("probe_s", 0.0) for h in result.history),
+               "probe_s_total": last.get("probe_s_total", 0.0),
                **session.startup}
     if session.rank != 0:
         session.report(metrics, None)

@@ -23,7 +23,7 @@ from trainables.style import STYLE_NAMES, style_tensor
 from trainables.unet import UNet
 
 # Most images per U-Net call when sampling on a CPU. There a forward of 2B images costs more
-# than two of B (caches): per image, d3 w16 took 0.8 ms at 64-200 images and 1.5 ms at 500-1000;
+# than two of B (caches): per image, d3 w16 took 0.8 ms at 50-200 images and 1.5 ms at 500-1000;
 # d4 w64 11 ms at 50 and 26 ms at 1000 (2-core EPYC, benchmarks/RESULTS.md "Sampling"). A GPU
 # takes the whole batch, conditional and unconditional halves in one call.
 CPU_FORWARD_BATCH = 64

@@ -273,6 +273,10 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
                 dist.broadcast_object_list(shared, src=0)
             metrics.update({f"probe_{k}": v for k, v in shared[0].items()})
             metrics["probe_s"] = time.perf_counter() - t_probe
+            # cumulative, from the checkpointed history: right after a resume too, and what a
+            # trial ASHA stops after this epoch is costed by
+            metrics["probe_s_total"] = metrics["probe_s"] + sum(h.get("probe_s", 0.0)
+                                                                for h in state["history"])
         if not math.isfinite(metrics["val_loss"]):
             stop_reason, detail = "diverged", f"non-finite validation loss at epoch {epoch}"
             break
