@@ -93,14 +93,18 @@ def tiny_clip_files(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def analysis_smoke_study(tmp_path_factory) -> Path:
-    """A real smoke study (2 tiny trials, no CLIP) made by the CLI, shared by the analysis tests;
-    the end of the run also writes the post-study inputs and the report. Its stdout is saved
-    as run.log beside the study directory."""
-    out = tmp_path_factory.mktemp("analysis_runs")
-    p = subprocess.run([*STUDY_CLI, "--preset", "smoke", "--dataset", "digits", "--no-clip",
-                        "--name", "smoke", "--output-dir", str(out)],
-                       env=study_env(tmp_path_factory.mktemp("analysis_cache")),
+def smoke_study(tmp_path_factory, tiny_clip_files) -> Path:
+    """One real smoke study made by the CLI, shared by the study and analysis tests: 2 tiny
+    trials plus one confirmation seed of the Pareto front, with CLIP on through a tiny random
+    open_clip model from local files (the --clip-model/--clip-checkpoint path a user takes, and
+    the headline metric's code path). The end of the run writes the post-study inputs and the
+    report. Its stdout is saved as run.log beside the study directory."""
+    out = tmp_path_factory.mktemp("runs")
+    config, checkpoint = tiny_clip_files
+    p = subprocess.run([*STUDY_CLI, "--preset", "smoke", "--dataset", "digits",
+                        "--clip-model", str(config), "--clip-checkpoint", str(checkpoint),
+                        "--confirm-seeds", "1", "--name", "smoke", "--output-dir", str(out)],
+                       env=study_env(tmp_path_factory.mktemp("cache")),
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (out / "run.log").write_text(p.stdout)  # beside the study, for tests of what it printed

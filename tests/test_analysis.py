@@ -317,8 +317,8 @@ def test_notebook_is_committed_without_outputs():
 # --- End to end on a real smoke study --------------------------------------------------------
 
 @pytest.mark.slow
-def test_study_run_writes_post_study_inputs_and_report(analysis_smoke_study):
-    study_dir = analysis_smoke_study
+def test_study_run_writes_post_study_inputs_and_report(smoke_study):
+    study_dir = smoke_study
     log = (study_dir.parent / "run.log").read_text()
     assert "post-study:" in log and "report: " in log and "warning:" not in log
     post = study_dir / "analysis"
@@ -334,8 +334,8 @@ def test_study_run_writes_post_study_inputs_and_report(analysis_smoke_study):
 
 
 @pytest.mark.slow
-def test_report_cli_end_to_end(analysis_smoke_study):
-    study_dir = analysis_smoke_study
+def test_report_cli_end_to_end(smoke_study):
+    study_dir = smoke_study
     p = subprocess.run([sys.executable, "-m", "analysis.report", str(study_dir)], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -347,20 +347,23 @@ def test_report_cli_end_to_end(analysis_smoke_study):
                 "guidance.png", "per_digit.png", "selection_gain.png", "noise_progression.png",
                 "generation_steps.png", "recognisable.png", "training_curves.png"}
     assert expected <= images and any(i.startswith("top3_") for i in images)
-    assert "CLIP DISABLED" in page and "Every trial completed its budget" in page
+    # CLIP on (the tiny local model): no "disabled" banner, CLIP-top-3 is the quality
+    assert "CLIP DISABLED" not in page and "Every trial completed its budget" in page
     assert "Recognisable step per digit" in page
     summary = (study_dir / "report" / "summary.md").read_text()
-    assert "Pareto front" in summary and "trials: 2 (2 ok, 0 failed)" in summary
+    n = len(pd.read_csv(study_dir / "results.csv"))  # 2 trials + the front's confirmations
+    assert "Pareto front" in summary and f"trials: {n} ({n} ok, 0 failed)" in summary
+    assert "quality metric: `clip_top`" in summary
 
 
 @pytest.mark.slow
-def test_notebook_runs_on_the_smoke_study(analysis_smoke_study):
+def test_notebook_runs_on_the_smoke_study(smoke_study):
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     params = next(c for c in nb.cells if c.cell_type == "code")
-    params.source = f"STUDY_DIR = {str(analysis_smoke_study)!r}"
+    params.source = f"STUDY_DIR = {str(smoke_study)!r}"
     NotebookClient(nb, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
