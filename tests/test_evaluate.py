@@ -82,6 +82,21 @@ def test_frechet_distance_properties():
     assert shifted == pytest.approx(8.0, rel=0.02)  # ||Δμ||² = 8 for a unit shift in 8 dims
 
 
+def test_frechet_distance_matches_torchmetrics_fid():
+    """Same number as torchmetrics' FID given the same (precomputed) features."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    real, fake = torch.randn(400, 16), 0.7 * torch.randn(300, 16) + 0.3
+
+    class Precomputed(torch.nn.Identity):
+        num_features = 16
+
+    fid = FrechetInceptionDistance(feature=Precomputed())
+    fid.update(real.double(), real=True)
+    fid.update(fake.double(), real=False)
+    assert frechet_distance(fake, real) == pytest.approx(float(fid.compute()), rel=1e-6)
+
+
 def test_select_top_k_picks_exactly_the_k_best():
     torch.manual_seed(0)
     labels = torch.arange(10).repeat_interleave(10)

@@ -9,7 +9,9 @@ import torch
 
 from trainables.config import TrainConfig, TrialConfig
 from trainables.data import DataConfig
-from trainables.train_loop import LocalSession, fit, load_checkpoint
+from trainables.diffusion import Schedule
+from trainables.train_loop import LocalSession, fit, load_checkpoint, validation_loss
+from trainables.unet import UNet
 
 TINY = {"data": {"dataset": "digits"}, "model": {"depth": 2, "width": 8},
         "diffusion": {"timesteps": 50}}
@@ -132,3 +134,14 @@ def test_cli_bad_input_is_one_line(tmp_path):
 def test_data_config_is_validated_before_training():
     with pytest.raises(ValueError):
         DataConfig(val_fraction=1.5)
+
+
+def test_validation_loss_does_not_depend_on_the_batching(digits_splits):
+    """The CPU default batches are small (speed); noise and t are drawn for the whole set first,
+    so the loss is the same at any batch size."""
+    cfg = TrialConfig.from_dict({"model": {"depth": 2, "width": 8}})
+    model, sched = UNet(cfg.model).eval(), Schedule.from_config(cfg.diffusion)
+    x, y = digits_splits.val.images[:300], digits_splits.val.labels[:300]
+    whole = validation_loss(model, sched, x, y, rank=0, world=1, batch_size=300)
+    small = validation_loss(model, sched, x, y, rank=0, world=1)  # CPU default: 64 per call
+    assert small == pytest.approx(whole, rel=1e-5) and whole["val_loss"] > 0

@@ -33,6 +33,7 @@ from torch.utils.data import DistributedSampler
 from trainables.config import TrialConfig
 from trainables.data import Splits, load_splits
 from trainables.diffusion import Schedule, training_losses
+from trainables.sample import forward_batch
 from trainables.style import StyleNorm, style_vectors
 from trainables.unet import UNet
 
@@ -123,10 +124,11 @@ def _sum_ranks(values: list[float], device) -> list[float]:
 
 @torch.no_grad()
 def validation_loss(model, sched: Schedule, images, labels, rank: int, world: int,
-                    batch_size: int = 500, style: torch.Tensor | None = None) -> dict:
+                    batch_size: int | None = None, style: torch.Tensor | None = None) -> dict:
     """Mean ε-MSE over the given images (with their styles, for a style-on model) with noise
     and t fixed by a constant seed, overall and per timestep quartile; shards across ranks and
-    sums."""
+    sums. Batches default to the sampler's U-Net call size (small on a CPU: 0.65-0.7x the time
+    of batches of 500 for 1000 images, benchmarks/RESULTS.md "Study efficiency")."""
     g = torch.Generator().manual_seed(1234)
     n = len(labels)
     t_all = torch.randint(0, sched.timesteps, (n,), generator=g)
@@ -134,6 +136,7 @@ def validation_loss(model, sched: Schedule, images, labels, rank: int, world: in
     sums = [0.0] * 5  # total, then per quartile
     counts = [0.0] * 5
     device = images.device
+    batch_size = batch_size or forward_batch(device) or 500
     for start in range(rank * batch_size, n, world * batch_size):
         sl = slice(start, start + batch_size)
         t = t_all[sl].to(device)
