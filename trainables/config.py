@@ -35,6 +35,9 @@ class TrainConfig:
     # fp32 (TF32) throughput on an H200 (benchmarks/RESULTS.md); casts cost more than they save.
     amp: bool = False
     compile: bool = False  # torch.compile the model (CUDA only)
+    # Replay each training step as one CUDA graph (CUDA, one worker, no amp/compile): these
+    # small U-Nets are launch-bound on a GPU (trainables/cuda_graph.py).
+    cuda_graphs: bool = True
 
     def __post_init__(self):
         if self.batch_size < 1:

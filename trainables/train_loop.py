@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 from trainables.config import TrialConfig
+from trainables.cuda_graph import GraphedStep, make_capturable
 from trainables.data import Splits, load_splits
 from trainables.diffusion import Schedule, training_losses
 from trainables.sample import forward_batch
@@ -99,10 +100,21 @@ class FitResult:
     style_norm: StyleNorm | None = None  # the style standard scores' scale (style-on models)
 
 
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema ← decay·ema + (1 − decay)·model (DiT's update_ema)."""
-    ema_params = list(ema.parameters())
-    torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - decay)
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float | torch.Tensor) -> None:
+    """ema ← decay·ema + (1 − decay)·model (DiT's update_ema). A tensor decay stays on the
+    device (no host sync, so a CUDA graph can capture it)."""
+    ema_params, params = list(ema.parameters()), [p.detach() for p in model.parameters()]
+    if isinstance(decay, torch.Tensor):  # foreach lerp takes its weight as a host scalar
+        torch._foreach_mul_(ema_params, decay)
+        torch._foreach_add_(ema_params, torch._foreach_mul(params, 1 - decay))
+    else:
+        torch._foreach_lerp_(ema_params, params, 1 - decay)
+
+
+def ema_decay_at(step: int | torch.Tensor, cap: float) -> float | torch.Tensor:
+    """EMA decay warmed up over the first steps: min(cap, (1 + step) / (10 + step))."""
+    decay = (1 + step) / (10 + step)
+    return decay.clamp(max=cap) if isinstance(decay, torch.Tensor) else min(cap, decay)
 
 
 def _any_rank(flag: bool, device) -> bool:
@@ -169,6 +181,9 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
     if tc.batch_size < world:
         raise ValueError(f"batch_size={tc.batch_size} is smaller than the {world} workers")
     use_amp = tc.amp and device.type == "cuda"
+    # one CUDA graph per step (cuda_graph.py): one process, no DDP hooks, no autocast/compile
+    graphed = (tc.cuda_graphs and device.type == "cuda" and world == 1 and not use_amp
+               and not tc.compile)
 
     # Set up data: the whole split as one tensor on the device
     splits = splits or load_splits(cfg.data)
@@ -219,6 +234,29 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
         train_model = torch.compile(train_model)
     train_model.train()
 
+    def train_step(idx: torch.Tensor, n: int | torch.Tensor) -> torch.Tensor:
+        """One optimizer step on the batch `idx` (step number `n`); no host syncs."""
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            losses, _ = training_losses(train_model, sched, train_x[idx], train_y[idx],
+                                        style=None if train_s is None else train_s[idx])
+        loss = losses.mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        update_ema(ema, model, ema_decay_at(n, tc.ema_decay))
+        return loss.detach()
+
+    def zero_grad() -> None:
+        opt.zero_grad(set_to_none=True)
+
+    if graphed:
+        make_capturable(opt, device)
+        step_fn = GraphedStep(train_step, zero_grad, local_batch, device)
+    else:
+        def step_fn(idx, n):
+            zero_grad()
+            return train_step(idx, n)
+
     # Train
     stop_reason, detail = "completed", ""
     for epoch in range(state["epoch"] + 1, tc.epochs + 1):
@@ -229,18 +267,9 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
         loss_sum = torch.zeros((), device=device)
         steps_done = 0
         for i in range(steps_per_epoch):
-            idx = order[i * local_batch : (i + 1) * local_batch]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                losses, _ = training_losses(train_model, sched, train_x[idx], train_y[idx],
-                                            style=None if train_s is None else train_s[idx])
-            loss = losses.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
             state["step"] += 1
-            update_ema(ema, model, min(tc.ema_decay, (1 + state["step"]) / (10 + state["step"])))
-            loss_sum += loss.detach()
+            loss = step_fn(order[i * local_batch : (i + 1) * local_batch], state["step"])
+            loss_sum += loss
             steps_done += 1
 
             last = i == steps_per_epoch - 1
@@ -265,7 +294,7 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
         # Evaluate: train loss over ranks, EMA validation loss, optional quality probe
         train_sum, n_steps = _sum_ranks([loss_sum.item(), steps_done], device)
         metrics = {"epoch": epoch, "step": state["step"], "train_loss": train_sum / n_steps,
-                   "lr": opt.param_groups[0]["lr"], "epoch_s": epoch_s,
+                   "lr": float(opt.param_groups[0]["lr"]), "epoch_s": epoch_s,
                    "images_per_s": steps_done * local_batch * world / epoch_s,
                    "train_seconds": state["train_seconds"]}
         metrics.update(validation_loss(ema, sched, val_x, val_y, rank, world, style=val_s))
