@@ -5,7 +5,7 @@ at the same parameter count (±10%), batch, data, device, threads and precision 
     python benchmarks/peer.py --device cuda --batch 256     # both measurements (benchmarks/gpu.sh)
 
 1. Training images/s, ours ÷ peer (target ≥ 1.5): alternating timed windows in one process after
-   warm-up, median per model. Ours is `fit`'s inner step, line for line (trainables/train_loop.py).
+   warm-up, median per model. Ours is `fit`'s own step (trainables/train_loop.py).
 2. Training seconds to ≥ 95% judge accuracy, ours ÷ peer (target ≤ 0.5): ours is `fit` itself
    (LocalSession); the peer is the idiomatic diffusers loop. After every epoch both are probed by
    the same code: 20 samples per digit from the EMA weights, our DDIM-25 sampler at w = 2 driving
@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -39,10 +39,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import DATA_DIR, machine  # noqa: E402
 from trainables.config import TrialConfig  # noqa: E402
 from trainables.data import DataConfig, load_splits  # noqa: E402
-from trainables.diffusion import Schedule, make_betas, training_losses  # noqa: E402
+from trainables.diffusion import Schedule, make_betas  # noqa: E402
 from trainables.evaluate import quality_probe  # noqa: E402
 from trainables.judge import load_or_train_judge  # noqa: E402
-from trainables.train_loop import LocalSession, fit, update_ema  # noqa: E402
+from trainables.train_loop import (  # noqa: E402
+    LocalSession,
+    fit,
+    make_train_step,
+    uses_cuda_graphs,
+)
 from trainables.unet import UNet, UNetConfig, forward_flops, num_groups  # noqa: E402
 
 REFERENCE = {"depth": 3, "width": 32}  # the reference U-Net: channels 32/64/128
@@ -107,32 +112,26 @@ def peer_noise_scheduler(cfg: TrialConfig):
 
 
 class OurTrainer:
-    """`fit`'s inner step: ε-MSE with label dropout inside the model, AdamW, gradient clipping,
-    EMA (fp32; `fit`'s autocast is off by default)."""
+    """`fit`'s own step (`make_train_step`): ε-MSE with label dropout inside the model, AdamW,
+    gradient clipping, EMA, fp32, replayed as one CUDA graph on a GPU as `fit` does."""
 
-    name = "ours"
-
-    def __init__(self, cfg: TrialConfig, device: torch.device):
-        self.tc = cfg.train
-        torch.manual_seed(self.tc.seed)
+    def __init__(self, cfg: TrialConfig, device: torch.device, name: str = "ours"):
+        self.cfg, self.device, self.name = cfg, device, name
+        torch.manual_seed(cfg.train.seed)
         self.model = UNet(cfg.model).to(device).train()
         self.ema = deepcopy(self.model).requires_grad_(False).eval()
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.tc.lr,
-                                     weight_decay=self.tc.weight_decay)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr,
+                                     weight_decay=cfg.train.weight_decay)
         self.sched = Schedule.from_config(cfg.diffusion)
-        self.steps = 0
+        self.steps, self._step = 0, None
 
-    def step(self, x, y) -> torch.Tensor:
-        losses, _ = training_losses(self.model, self.sched, x, y)
-        loss = losses.mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
-        self.opt.step()
+    def step(self, x, y, idx) -> torch.Tensor:
+        if self._step is None:  # built on the data tensors, as in fit
+            self._step = make_train_step(
+                self.model, self.model, self.ema, self.opt, self.sched, self.cfg.train,
+                (x, y, None), len(idx), uses_cuda_graphs(self.cfg.train, self.device, 1))
         self.steps += 1
-        warm = (1 + self.steps) / (10 + self.steps)
-        update_ema(self.ema, self.model, min(self.tc.ema_decay, warm))
-        return loss.detach()
+        return self._step(idx, self.steps)
 
 
 class PeerTrainer:
@@ -151,7 +150,8 @@ class PeerTrainer:
         self.ema = EMAModel(self.unet.parameters(), decay=self.tc.ema_decay, foreach=True)
         self.timesteps = cfg.diffusion.timesteps
 
-    def step(self, x, y) -> torch.Tensor:
+    def step(self, x, y, idx) -> torch.Tensor:
+        x, y = x[idx], y[idx]
         b = x.shape[0]
         noise = torch.randn_like(x)
         t = torch.randint(0, self.timesteps, (b,), device=x.device)
@@ -183,7 +183,7 @@ def run_steps(trainer, x, y, order, batch: int, n: int) -> float:
     t0 = time.perf_counter()
     for i in range(n):
         idx = order[(i * batch) % (len(order) - batch + 1):][:batch]
-        loss = trainer.step(x[idx], y[idx])
+        loss = trainer.step(x, y, idx)
         if (i + 1) % _CHECK_EVERY == 0:
             loss.item()  # fit syncs for its budget / divergence checks this often
     _sync(x.device)
@@ -263,7 +263,7 @@ def peer_to_target(trainer: PeerTrainer, cfg, splits, device, probe, target) -> 
         t0 = time.perf_counter()
         for i in range(steps_per_epoch):
             idx = order[i * tc.batch_size:(i + 1) * tc.batch_size]
-            loss = trainer.step(x[idx], y[idx])
+            loss = trainer.step(x, y, idx)
             if (i + 1) % _CHECK_EVERY == 0 or i == steps_per_epoch - 1:
                 loss.item()
                 if train_s + time.perf_counter() - t0 >= tc.max_seconds:
@@ -351,6 +351,9 @@ def main(argv=None) -> None:
             f"{'on' if pc.add_attention else 'off'}")
     for name, (n, flops) in sizes.items():
         print(f"| {name} | {layouts[name]} | {n:,} | {n / ours_params:.3f} | {flops / 1e6:.0f} |")
+    if uses_cuda_graphs(cfg.train, device, 1):  # what the CUDA graph brings, in the same run
+        eager = replace(cfg, train=replace(cfg.train, cuda_graphs=False))
+        trainers.insert(1, OurTrainer(eager, device, name="ours, eager"))
 
     # 1. Throughput
     warmup = 20 if device.type == "cuda" else 3

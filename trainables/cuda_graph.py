@@ -66,7 +66,8 @@ class GraphedStep:
             # accumulation across replays, no zero_grad inside the graph).
             self.zero_grad()
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            # thread_local: a Ray Train worker runs this in a thread of its own
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.loss = self.fn(self.idx, self.n)
         self.graph.replay()
         return self.loss

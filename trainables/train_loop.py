@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-from trainables.config import TrialConfig
+from trainables.config import TrainConfig, TrialConfig
 from trainables.cuda_graph import GraphedStep, make_capturable
 from trainables.data import Splits, load_splits
 from trainables.diffusion import Schedule, training_losses
@@ -169,6 +169,48 @@ def validation_loss(model, sched: Schedule, images, labels, rank: int, world: in
     return out
 
 
+def uses_cuda_graphs(tc: TrainConfig, device: torch.device, world: int) -> bool:
+    """Whether `fit` replays its step as a CUDA graph (cuda_graph.py): on a GPU, in one process
+    (no DDP gradient hooks), without autocast or torch.compile."""
+    return (tc.cuda_graphs and device.type == "cuda" and world == 1 and not tc.amp
+            and not tc.compile)
+
+
+def make_train_step(train_model: torch.nn.Module, model: torch.nn.Module, ema: torch.nn.Module,
+                    opt: torch.optim.Optimizer, sched: Schedule, tc: TrainConfig,
+                    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+                    batch: int, graphed: bool, use_amp: bool = False
+                    ) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """`step(idx, n) -> loss`: one optimizer step on the rows `idx` of `data` (images, labels,
+    styles or None, on the device), `n` the step number (EMA warm-up). `train_model` is `model`
+    or its DDP/compiled wrapper. Replayed as one CUDA graph when `graphed`, else eager."""
+    images, labels, styles = data
+
+    def train_step(idx, n):  # no host syncs: a CUDA graph can capture it
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            losses, _ = training_losses(train_model, sched, images[idx], labels[idx],
+                                        style=None if styles is None else styles[idx])
+        loss = losses.mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        update_ema(ema, model, ema_decay_at(n, tc.ema_decay))
+        return loss.detach()
+
+    def zero_grad():
+        opt.zero_grad(set_to_none=True)
+
+    if graphed:
+        make_capturable(opt, images.device)
+        return GraphedStep(train_step, zero_grad, batch, images.device)
+
+    def eager_step(idx, n):
+        zero_grad()
+        return train_step(idx, n)
+
+    return eager_step
+
+
 def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
         probe: Callable[[UNet], dict] | None = None) -> FitResult:
     """Train `cfg` and return the trained model and EMA.
@@ -181,9 +223,7 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
     if tc.batch_size < world:
         raise ValueError(f"batch_size={tc.batch_size} is smaller than the {world} workers")
     use_amp = tc.amp and device.type == "cuda"
-    # one CUDA graph per step (cuda_graph.py): one process, no DDP hooks, no autocast/compile
-    graphed = (tc.cuda_graphs and device.type == "cuda" and world == 1 and not use_amp
-               and not tc.compile)
+    graphed = uses_cuda_graphs(tc, device, world)
 
     # Set up data: the whole split as one tensor on the device
     splits = splits or load_splits(cfg.data)
@@ -234,28 +274,8 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
         train_model = torch.compile(train_model)
     train_model.train()
 
-    def train_step(idx: torch.Tensor, n: int | torch.Tensor) -> torch.Tensor:
-        """One optimizer step on the batch `idx` (step number `n`); no host syncs."""
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            losses, _ = training_losses(train_model, sched, train_x[idx], train_y[idx],
-                                        style=None if train_s is None else train_s[idx])
-        loss = losses.mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        update_ema(ema, model, ema_decay_at(n, tc.ema_decay))
-        return loss.detach()
-
-    def zero_grad() -> None:
-        opt.zero_grad(set_to_none=True)
-
-    if graphed:
-        make_capturable(opt, device)
-        step_fn = GraphedStep(train_step, zero_grad, local_batch, device)
-    else:
-        def step_fn(idx, n):
-            zero_grad()
-            return train_step(idx, n)
+    step_fn = make_train_step(train_model, model, ema, opt, sched, tc, (train_x, train_y, train_s),
+                              local_batch, graphed, use_amp)
 
     # Train
     stop_reason, detail = "completed", ""
