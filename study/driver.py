@@ -22,7 +22,13 @@ from ray import tune  # noqa: E402
 from study import results  # noqa: E402
 from study.search_space import SearchSpace, to_tune  # noqa: E402
 from study.trial import COST, QUALITY, run_trial  # noqa: E402
-from study.tuning import ResultsCallback, StudySearch, fail_orphans, make_scheduler  # noqa: E402
+from study.tuning import (  # noqa: E402
+    SETUP_FILE,
+    ResultsCallback,
+    StudySearch,
+    fail_orphans,
+    make_scheduler,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER_CPU = 0.01  # each trial's driver function; its workers hold the real resources
@@ -69,6 +75,17 @@ def size_trials(setup: dict) -> dict:
             "storage_path": setup.get("storage_path") or str(Path(setup["study_dir"]) / "ray")}
 
 
+SIZING_KEYS = ("use_gpu", "gpus_per_worker", "cpus_per_worker", "concurrent")
+
+
+def record_sizing(setup: dict) -> None:
+    """Put what this run sized (GPU use and shares) into study.json: the Finalizer costs the
+    trials ASHA stops from it, in the driver, as the trials cost themselves."""
+    path = Path(setup["study_dir"]) / SETUP_FILE
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, **{k: setup[k] for k in SIZING_KEYS}}, indent=1))
+
+
 def trainable(setup: dict):
     return tune.with_resources(tune.with_parameters(run_trial, setup=setup),
                                {"cpu": DRIVER_CPU})
@@ -97,6 +114,7 @@ def run_study(setup: dict, resume: bool = False) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        record_sizing(setup)
         print(f"study {setup['name']}: {setup['num_trials']} trials, {setup['concurrent']} at a "
               f"time, {setup['workers_per_trial']} worker(s) each "
               f"({setup['cpus_per_worker']} CPU" + (f", {setup['gpus_per_worker']:.2f} GPU"

@@ -90,6 +90,13 @@ def test_asha_stopped_trial_is_evaluated_from_its_checkpoint(smoke_study, tmp_pa
     assert row["quality"] == row["clip_top"] is not None and row["train_cost_s"] == 2.0
     assert row["startup_s"] == pytest.approx(12.0 - 2.0 - 1.5) and row["images_seen"] == 1600
     assert (row["trainer_start_s"], row["worker_setup_s"], row["gpu_seconds"]) == (6.0, 0.5, 0.0)
+    # the driver recorded its sizing in study.json; on GPUs the stopped trial is costed by it
+    setup = json.loads((copy / "study.json").read_text())
+    assert (setup["use_gpu"], setup["gpus_per_worker"], setup["concurrent"]) == (False, 0.0, 1)
+    (copy / "study.json").write_text(json.dumps({**setup, "use_gpu": True,
+                                                 "gpus_per_worker": 0.5}))
+    gpu_row = Finalizer(copy)("stopped2", last_result, config)
+    assert gpu_row["gpu_seconds"] == pytest.approx(12.0 * 2 * 0.5)  # wall × workers × share
     table = read_results(copy).set_index("trial_id")
     assert table.loc["stopped1", "stop_reason"] == "asha"
     assert (copy / table.loc["stopped1", "samples_path"]).exists()

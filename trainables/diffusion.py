@@ -90,6 +90,12 @@ class Schedule:
         posterior_variance = betas * (1 - prev) / (1 - alphas_cumprod)
         return cls(betas, alphas_cumprod, prev, posterior_variance)
 
+    def to(self, device) -> Schedule:
+        """The same constants on `device` (a CUDA graph cannot copy them there mid-step)."""
+        return Schedule(*(torch.as_tensor(v).to(device) for v in
+                          (self.betas, self.alphas_cumprod, self.alphas_cumprod_prev,
+                           self.posterior_variance)))
+
 
 def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """values[t] reshaped to broadcast over an image batch like `like`."""

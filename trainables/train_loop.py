@@ -185,6 +185,7 @@ def make_train_step(train_model: torch.nn.Module, model: torch.nn.Module, ema: t
     styles or None, on the device), `n` the step number (EMA warm-up). `train_model` is `model`
     or its DDP/compiled wrapper. Replayed as one CUDA graph when `graphed`, else eager."""
     images, labels, styles = data
+    sched = sched.to(images.device) if graphed else sched
 
     def train_step(idx, n):  # no host syncs: a CUDA graph can capture it
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_amp):
