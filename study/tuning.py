@@ -63,12 +63,13 @@ class Finalizer:
             if row.get("final_checkpoint"):
                 self._checkpoint(row["final_checkpoint"]).to_directory(str(trial_dir))
         elif result.get("checkpoint_path"):  # stopped by ASHA after at least one epoch
-            self._checkpoint(result["checkpoint_path"]).to_directory(str(trial_dir))
-            row = self._evaluate_stopped(trial_id, result, config, trial_dir)
+            try:
+                self._checkpoint(result["checkpoint_path"]).to_directory(str(trial_dir))
+                row = self._evaluate_stopped(trial_id, result, config, trial_dir)
+            except Exception as e:  # an exception here would error the trial in Tune (retried)
+                row = self._failed(trial_id, config, f"evaluating the stopped trial: {one_line(e)}")
         else:
-            row = {"trial_id": trial_id, **describe(self._config(config)), "status": "failed",
-                   "stop_reason": "error", "error": result.get("error") or "no result reported",
-                   QUALITY: None, COST: None}
+            row = self._failed(trial_id, config, result.get("error") or "no result reported")
         row["confirm_of"] = hyperparameters(config).get("confirm_of")
         if row.get("status") == "ok":
             row.update(samples_path=_rel(trial_dir / "samples.npz", self.study_dir),
@@ -79,6 +80,10 @@ class Finalizer:
             row["train_gflops"] = 3 * row["forward_gflops"] * row["images_seen"]
         results.upsert(self.study_dir, row)
         return row
+
+    def _failed(self, trial_id: str, config: dict, error: str) -> dict:
+        return {"trial_id": trial_id, **describe(self._config(config)), "status": "failed",
+                "stop_reason": "error", "error": error, QUALITY: None, COST: None}
 
     def _checkpoint(self, path: str) -> tune.Checkpoint:
         """Train reports object-store checkpoint paths without their scheme: put it back."""

@@ -97,6 +97,12 @@ def test_asha_stopped_trial_is_evaluated_from_its_checkpoint(smoke_study, tmp_pa
                                                  "gpus_per_worker": 0.5}))
     gpu_row = Finalizer(copy)("stopped2", last_result, config)
     assert gpu_row["gpu_seconds"] == pytest.approx(12.0 * 2 * 0.5)  # wall × workers × share
+    # a stopped trial that cannot be evaluated gets a failed row saying why; the study goes on
+    (epoch_ckpt / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    bad = Finalizer(copy)("stopped3", last_result, config)
+    assert bad["status"] == "failed" and bad["quality"] is None
+    assert bad["error"].startswith("evaluating the stopped trial: ")
+    assert read_results(copy).set_index("trial_id").loc["stopped3", "status"] == "failed"
     table = read_results(copy).set_index("trial_id")
     assert table.loc["stopped1", "stop_reason"] == "asha"
     assert (copy / table.loc["stopped1", "samples_path"]).exists()
