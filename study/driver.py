@@ -86,8 +86,8 @@ def record_sizing(setup: dict) -> None:
     path.write_text(json.dumps({**saved, **{k: setup[k] for k in SIZING_KEYS}}, indent=1))
 
 
-def trainable(setup: dict):
-    return tune.with_resources(tune.with_parameters(run_trial, setup=setup),
+def trainable(setup: dict, run=run_trial):
+    return tune.with_resources(tune.with_parameters(run, setup=setup),
                                {"cpu": DRIVER_CPU})
 
 
@@ -158,14 +158,15 @@ def run_study(setup: dict, resume: bool = False) -> int:
     return 0
 
 
-def make_tuner(setup: dict) -> tune.Tuner:
+def make_tuner(setup: dict, run=run_trial) -> tune.Tuner:
+    """The study's Tuner; `run(params, setup)` is the trial (tests pass a lighter one)."""
     space = SearchSpace(**setup["space"])
     searcher = StudySearch(
         metric=[QUALITY, COST], mode=["max", "min"], study_dir=setup["study_dir"],
         storage=optuna.storages.RDBStorage(setup["storage"]), study_name=setup["name"],
         seed=setup["seed"])
     return tune.Tuner(
-        trainable(setup),
+        trainable(setup, run),
         param_space=to_tune(space),
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=make_scheduler(setup["base"]["train"]["epochs"]),

@@ -3,9 +3,13 @@ workers) and real Optuna SQLite storage. Resume after a crash, worker and node f
 test_faults.py and test_cluster.py; bad input: test_bad_input.py."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import optuna
 import pytest
+from conftest import study_env
 
 from study.results import COLUMNS, read_results
 
@@ -178,3 +182,22 @@ def test_a_ddp_trial_wider_than_the_gpus_is_refused(monkeypatch):
              "study_dir": "/tmp/s"}
     with pytest.raises(ValueError, match="each need a GPU of their own"):
         driver.size_trials(setup)
+
+
+@pytest.mark.slow
+def test_more_trials_than_slots_with_asha_stops_all_get_rows(tmp_path):
+    """4 trials, 2 at a time, ASHA stopping the later ones at the first rung (see
+    tests/queue_study.py): the study finishes, and every trial has a measured row and a
+    finished Optuna trial. (With Tune's reuse_actors on, a cpu-preset study stalled here.)"""
+    p = subprocess.run([sys.executable, str(Path(__file__).with_name("queue_study.py")),
+                        str(tmp_path)], env=study_env(tmp_path / "cache"),
+                       capture_output=True, text=True, timeout=400)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    df = read_results(tmp_path / "queue").set_index("trial_id")
+    assert len(df) == 4 and (df["status"] == "ok").all(), df[["status", "error"]]
+    stopped = df[df["stop_reason"] == "asha"]
+    assert len(stopped) >= 2 and (stopped["epochs_run"] == 1).all()
+    assert stopped["judge_acc"].notna().all()  # evaluated from the checkpoint by the Finalizer
+    assert (df.loc[df["stop_reason"] == "completed", "epochs_run"] == 2).all()
+    ot = optuna.load_study(study_name="queue", storage=f"sqlite:///{tmp_path / 'queue/optuna.db'}")
+    assert [t.state for t in ot.trials] == [optuna.trial.TrialState.COMPLETE] * 4

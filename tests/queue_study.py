@@ -1,0 +1,72 @@
+"""Run by tests/test_study.py as a subprocess: the study's own Tuner (Optuna searcher, ASHA,
+results callback, Tune settings) over more trials than run at once, with ASHA stopping some.
+
+Each trial is a light stand-in for `study.trial.run_trial`: a Ray Train TorchTrainer running the
+real `fit` on the smoke model, whose in-training probe (ASHA's metric) is fixed by the order the
+trials start in: 1 / (1 + trials started before). Trials started after the first two score below
+every score recorded at the first rung, so ASHA stops them there, deterministically, and the
+Finalizer evaluates them from their checkpoints.
+
+    python tests/queue_study.py OUTPUT_DIR
+"""
+
+import sys
+from pathlib import Path
+
+from ray import train, tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from study import driver
+from study.run import parse_args, prepare, resolve
+from study.trial import COST, QUALITY, describe, trial_config
+
+
+def light_worker(config: dict) -> None:
+    from trainables.config import TrialConfig
+    from trainables.ray_worker import RaySession
+    from trainables.train_loop import fit
+
+    score = config["score"]
+    fit(TrialConfig.from_dict(config["trial"]), RaySession(),
+        probe=lambda ema: {"judge_acc": score})
+
+
+def light_trial(params: dict, setup: dict) -> None:
+    trial_id = tune.get_context().get_trial_id()
+    started = Path(setup["study_dir"]) / "started"
+    started.mkdir(exist_ok=True)
+    score = 1 / (1 + len(list(started.iterdir())))
+    (started / trial_id).touch()
+    cfg = trial_config(setup["base"], params)
+    result = TorchTrainer(
+        light_worker, train_loop_config={"trial": cfg.to_dict(), "score": score},
+        scaling_config=train.ScalingConfig(
+            num_workers=1, resources_per_worker={"CPU": setup["cpus_per_worker"]}),
+        run_config=train.RunConfig(name=f"queue_train_{trial_id}",
+                                   storage_path=setup["storage_path"],
+                                   callbacks=[TuneReportCallback()]),
+    ).fit()
+    tune.report({"trial_id": trial_id, **describe(cfg), "status": "ok", "final": True,
+                 "stop_reason": "completed", "epochs_run": result.metrics["epoch"],
+                 "train_seconds": result.metrics["train_seconds"],
+                 "quality_metric": setup["quality_metric"], QUALITY: score,
+                 COST: result.metrics["train_seconds"]})
+
+
+def main(out: str) -> None:
+    args = parse_args(["--preset", "smoke", "--dataset", "digits", "--no-clip",
+                       "--num-trials", "4", "--epochs", "2", "--workers-per-trial", "1",
+                       "--name", "queue", "--output-dir", out])
+    setup = prepare(resolve(args), resume=False)
+    driver.init_ray(None)
+    try:
+        setup = driver.size_trials(setup)
+        driver.record_sizing(setup)
+        driver.make_tuner(setup, run=light_trial).fit()
+    finally:
+        driver.ray.shutdown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
