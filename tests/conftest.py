@@ -93,7 +93,14 @@ def tiny_clip_files(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def smoke_study(tmp_path_factory, tiny_clip_files) -> Path:
+def judge_cache(tmp_path_factory) -> Path:
+    """The STUDY_CACHE_DIR of the session's local study runs: the digit judge is trained once
+    (~10 s) by the first and loaded by the others."""
+    return tmp_path_factory.mktemp("judge_cache")
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory, tiny_clip_files, judge_cache) -> Path:
     """One real smoke study made by the CLI, shared by the study and analysis tests: 2 tiny
     trials plus one confirmation seed of the Pareto front, with CLIP on through a tiny random
     open_clip model from local files (the --clip-model/--clip-checkpoint path a user takes, and
@@ -104,7 +111,7 @@ def smoke_study(tmp_path_factory, tiny_clip_files) -> Path:
     p = subprocess.run([*STUDY_CLI, "--preset", "smoke", "--dataset", "digits",
                         "--clip-model", str(config), "--clip-checkpoint", str(checkpoint),
                         "--confirm-seeds", "1", "--name", "smoke", "--output-dir", str(out)],
-                       env=study_env(tmp_path_factory.mktemp("cache")),
+                       env=study_env(judge_cache),
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (out / "run.log").write_text(p.stdout)  # beside the study, for tests of what it printed

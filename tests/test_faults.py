@@ -33,18 +33,20 @@ SMOKE = ["--preset", "smoke", "--dataset", "digits", "--no-clip"]
 pytestmark = pytest.mark.slow
 
 
-def study(live, args: list[str], cache: Path):
-    return live([*STUDY_CLI, *args], study_env(cache))
+@pytest.fixture
+def study(live, judge_cache):
+    """`study(args)`: a study CLI run, read live, sharing the session's judge cache."""
+    return lambda args: live([*STUDY_CLI, *args], study_env(judge_cache))
 
 
-def test_killed_worker_resumes_and_diverged_trial_is_failed(live, tmp_path):
+def test_killed_worker_resumes_and_diverged_trial_is_failed(study, tmp_path):
     """One study, two faults. Seed 21 makes Optuna's first trial healthy (lr 2e-3) and its
     second diverge (lr 21): the first trial's rank-0 worker is SIGKILLed after its epoch-2
     checkpoint; the second trial's loss becomes non-finite."""
     space = tmp_path / "space.yaml"
     space.write_text("lr: [0.001, 1000]\n")
-    run = study(live, [*SMOKE, "--space", str(space), "--seed", "21", "--epochs", "4",
-                       "--name", "faults", "--output-dir", str(tmp_path)], tmp_path / "cache")
+    run = study([*SMOKE, "--space", str(space), "--seed", "21", "--epochs", "4",
+                 "--name", "faults", "--output-dir", str(tmp_path)])
     m = run.until(r"\(RayTrainWorker pid=(\d+)[^)]*\)\S* \[faults_train_(\w+?)_d\d+w\d+\] "
                     r"epoch +2 ")
     killed_pid, killed_trial = int(m[1]), m[2]
@@ -91,12 +93,12 @@ def assert_local_ray_is_private(run) -> None:
                         headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
 
-def test_killed_driver_resumes_without_rerunning(live, tmp_path):
+def test_killed_driver_resumes_without_rerunning(study, tmp_path):
     """Also checks, while the study runs, what its local Ray exposes (see
     assert_local_ray_is_private)."""
     args = [*SMOKE, "--num-trials", "2", "--name", "crash",
             "--output-dir", str(tmp_path)]
-    run = study(live, args, tmp_path / "cache")
+    run = study(args)
     first = run.until(r"trial (\w+) d\d+ w\d+ .*: ok")[1]
     assert_local_ray_is_private(run)
     os.kill(run.proc.pid, signal.SIGKILL)  # the driver only; Ray's processes are orphaned
@@ -108,7 +110,7 @@ def test_killed_driver_resumes_without_rerunning(live, tmp_path):
     train_run = next((study_dir / "ray").glob(f"crash_train_{first}_*"))
     train_files = {p: p.stat().st_mtime_ns for p in train_run.rglob("*")}
 
-    again = study(live, [*args, "--resume"], tmp_path / "cache")
+    again = study([*args, "--resume"])
     assert again.finish() == 0, again.log()
     assert {p: p.stat().st_mtime_ns for p in train_run.rglob("*")} == train_files, \
         "a finished trial was started again"

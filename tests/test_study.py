@@ -185,13 +185,13 @@ def test_a_ddp_trial_wider_than_the_gpus_is_refused(monkeypatch):
 
 
 @pytest.mark.slow
-def test_more_trials_than_slots_with_asha_stops_all_get_rows(tmp_path):
+def test_more_trials_than_slots_with_asha_stops_all_get_rows(tmp_path, judge_cache):
     """4 trials, 2 at a time, ASHA stopping the later ones at the first rung (see
     tests/queue_study.py): the study finishes, and every trial has a measured row and a
     finished Optuna trial. With Tune's reuse_actors on (a cpu-preset study stalled that way)
     this fails: a trial errors without a row and its Optuna trial stays RUNNING."""
     p = subprocess.run([sys.executable, str(Path(__file__).with_name("queue_study.py")),
-                        str(tmp_path)], env=study_env(tmp_path / "cache"),
+                        str(tmp_path)], env=study_env(judge_cache),
                        capture_output=True, text=True, timeout=400)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     df = read_results(tmp_path / "queue").set_index("trial_id")
