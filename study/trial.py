@@ -71,14 +71,18 @@ def run_trial(params: dict, setup: dict) -> None:
                                              str(max(1, int(setup["cpus_per_worker"])))}},
         ),
     )
+    try:
+        result, error = trainer.fit(), None
+    except Exception as e:  # TrainingFailedError after the worker retries are spent
+        result, error = None, e
+    # Sized after training, not before: FLOP counting's first use takes ~1.3 s, which would
+    # delay Ray Train's start (and count in trainer_start_s).
     model = UNet(cfg.model)
     row = {"trial_id": trial_id, **describe(cfg), "params": model.num_params(),
            "forward_gflops": forward_flops(model) / 1e9, "workers": workers,
            "quality_metric": setup["quality_metric"], "final": True}
-    try:
-        result = trainer.fit()
-    except Exception as e:  # TrainingFailedError after the worker retries are spent
-        row.update(status="failed", stop_reason="error", error=one_line(e),
+    if error is not None:
+        row.update(status="failed", stop_reason="error", error=one_line(error),
                    trial_wall_s=time.time() - t0, **{QUALITY: None, COST: None, PROBE: 0.0})
         tune.report(row)
         return

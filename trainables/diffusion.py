@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 import torch
@@ -91,10 +91,9 @@ class Schedule:
         return cls(betas, alphas_cumprod, prev, posterior_variance)
 
     def to(self, device) -> Schedule:
-        """The same constants on `device` (a CUDA graph cannot copy them there mid-step)."""
-        return Schedule(*(torch.as_tensor(v).to(device) for v in
-                          (self.betas, self.alphas_cumprod, self.alphas_cumprod_prev,
-                           self.posterior_variance)))
+        """The same constants on `device`, so a training step does not copy them there each
+        time (which a CUDA graph cannot do at all)."""
+        return Schedule(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -139,7 +139,7 @@ def validation_loss(model, sched: Schedule, images, labels, rank: int, world: in
                     batch_size: int | None = None, style: torch.Tensor | None = None) -> dict:
     """Mean ε-MSE over the given images (with their styles, for a style-on model) with noise
     and t fixed by a constant seed, overall and per timestep quartile; shards across ranks and
-    sums. Batches default to the sampler's U-Net call size (small on a CPU: 0.65-0.7x the time
+    sums. Batches default to the sampler's U-Net call size (small on a CPU: 0.61-0.75x the time
     of batches of 500 for 1000 images, benchmarks/RESULTS.md "Study efficiency")."""
     g = torch.Generator().manual_seed(1234)
     n = len(labels)
@@ -185,7 +185,7 @@ def make_train_step(train_model: torch.nn.Module, model: torch.nn.Module, ema: t
     styles or None, on the device), `n` the step number (EMA warm-up). `train_model` is `model`
     or its DDP/compiled wrapper. Replayed as one CUDA graph when `graphed`, else eager."""
     images, labels, styles = data
-    sched = sched.to(images.device) if graphed else sched
+    sched = sched.to(images.device)
 
     def train_step(idx, n):  # no host syncs: a CUDA graph can capture it
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_amp):
