@@ -17,7 +17,6 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from trainables.config import TrialConfig
 from trainables.ray_worker import train_fn_per_worker
 from trainables.style import STYLE_DIM
-from trainables.unet import UNet, forward_flops
 
 #: Keys every report carries, so Tune's metric checks pass before the final row exists.
 QUALITY, COST, PROBE = "quality", "train_cost_s", "probe_judge_acc"
@@ -75,11 +74,8 @@ def run_trial(params: dict, setup: dict) -> None:
         result, error = trainer.fit(), None
     except Exception as e:  # TrainingFailedError after the worker retries are spent
         result, error = None, e
-    # Sized after training, not before: FLOP counting's first use takes ~1.3 s, which would
-    # delay Ray Train's start (and count in trainer_start_s).
-    model = UNet(cfg.model)
-    row = {"trial_id": trial_id, **describe(cfg), "params": model.num_params(),
-           "forward_gflops": forward_flops(model) / 1e9, "workers": workers,
+    # The model's size columns are added by the driver's Finalizer (study/tuning.py).
+    row = {"trial_id": trial_id, **describe(cfg), "workers": workers,
            "quality_metric": setup["quality_metric"], "final": True}
     if error is not None:
         row.update(status="failed", stop_reason="error", error=one_line(error),

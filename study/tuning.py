@@ -50,6 +50,7 @@ class Finalizer:
         # Rows recorded before an interruption are final: a resumed study reuses them as they are.
         self.rows: dict[str, dict] = results.finished_rows(study_dir)
         self._eval_tools = None
+        self._sizes: dict = {}  # UNetConfig -> its size columns
 
     def __call__(self, trial_id: str, result: dict | None, config: dict) -> dict:
         if trial_id not in self.rows:
@@ -70,6 +71,7 @@ class Finalizer:
                 row = self._failed(trial_id, config, f"evaluating the stopped trial: {one_line(e)}")
         else:
             row = self._failed(trial_id, config, result.get("error") or "no result reported")
+        row.update(self._size(config))
         row["confirm_of"] = hyperparameters(config).get("confirm_of")
         if row.get("status") == "ok":
             row.update(samples_path=_rel(trial_dir / "samples.npz", self.study_dir),
@@ -95,10 +97,22 @@ class Finalizer:
     def _config(self, config: dict):
         return trial_config(self.setup["base"], config)
 
+    def _size(self, config: dict) -> dict:
+        """The model's parameters and forward FLOPs, counted here once per architecture rather
+        than in each trial: the FLOP counter's first use in a process takes ~1.3 s, which a
+        trial would spend on its own time (trial_wall_s) and its slot's."""
+        from trainables.unet import UNet, forward_flops
+
+        arch = self._config(config).model
+        if arch not in self._sizes:
+            model = UNet(arch)
+            self._sizes[arch] = {"params": model.num_params(),
+                                 "forward_gflops": forward_flops(model) / 1e9}
+        return self._sizes[arch]
+
     def _evaluate_stopped(self, trial_id, result, config, trial_dir: Path) -> dict:
         from trainables.evaluate import EvalConfig, evaluate_model
         from trainables.train_loop import load_checkpoint
-        from trainables.unet import forward_flops
 
         judge, clip, real = self._tools()
         cfg, _, ema, _ = load_checkpoint(trial_dir)
@@ -110,7 +124,6 @@ class Finalizer:
         wall = result.get("time_total_s", train_s)
         return {
             "trial_id": trial_id, **describe(cfg), **m, "status": "ok", "stop_reason": "asha",
-            "params": ema.num_params(), "forward_gflops": forward_flops(ema) / 1e9,
             "workers": workers, "epochs_run": result.get("epoch"), "train_seconds": train_s,
             "images_per_s": result.get("images_per_s"),
             "images_seen": round(result.get("images_per_s", 0) * train_s),
@@ -180,7 +193,10 @@ class StudySearch(OptunaSearch):
             return
         if error or result is None:  # the row is written by ResultsCallback.on_trial_error
             return super().on_trial_complete(trial_id, None, error=True)
-        row = get_finalizer(self.study_dir)(trial_id, result, result.get("config", {}))
+        # Tune hands searchers the result flattened: the config arrives as "config/depth", ...
+        config = {k.removeprefix("config/"): v for k, v in result.items()
+                  if k.startswith("config/")}
+        row = get_finalizer(self.study_dir)(trial_id, result, config)
         failed = row.get("status") != "ok" or row.get(QUALITY) is None
         super().on_trial_complete(trial_id, None if failed else row, error=failed)
 

@@ -200,5 +200,7 @@ def test_more_trials_than_slots_with_asha_stops_all_get_rows(tmp_path, judge_cac
     assert len(stopped) >= 2 and (stopped["epochs_run"] == 1).all()
     assert stopped["judge_acc"].notna().all()  # evaluated from the checkpoint by the Finalizer
     assert (df.loc[df["stop_reason"] == "completed", "epochs_run"] == 2).all()
+    # sized by the Finalizer from each trial's config, as the searcher passes it on
+    assert df["params"].gt(0).all() and df["forward_gflops"].gt(0).all()
     ot = optuna.load_study(study_name="queue", storage=f"sqlite:///{tmp_path / 'queue/optuna.db'}")
     assert [t.state for t in ot.trials] == [optuna.trial.TrialState.COMPLETE] * 4
