@@ -1,5 +1,6 @@
 """Peer benchmark: our U-Net and training step against diffusers' `UNet2DModel` + `DDPMScheduler`
-at the same parameter count (±10%), batch, data, device, threads and precision (fp32).
+at the same parameter count (±10%), batch, data, device, threads and precision: fp32, or bf16
+autocast for both where `fit` uses it (CPUs with native bf16; "ours, fp32" is then timed too).
 
     python benchmarks/peer.py --quick                       # throughput only, a few minutes on CPU
     python benchmarks/peer.py --device cuda --batch 256     # both measurements (benchmarks/gpu.sh)
@@ -46,6 +47,7 @@ from trainables.train_loop import (  # noqa: E402
     LocalSession,
     fit,
     make_train_step,
+    uses_amp,
     uses_cuda_graphs,
 )
 from trainables.unet import UNet, UNetConfig, forward_flops, num_groups  # noqa: E402
@@ -113,7 +115,8 @@ def peer_noise_scheduler(cfg: TrialConfig):
 
 class OurTrainer:
     """`fit`'s own step (`make_train_step`): ε-MSE with label dropout inside the model, AdamW,
-    gradient clipping, EMA, fp32, replayed as one CUDA graph on a GPU as `fit` does."""
+    gradient clipping, EMA; under bf16 autocast where `fit` uses it (CPUs with native bf16),
+    replayed as one CUDA graph on a GPU as `fit` does."""
 
     def __init__(self, cfg: TrialConfig, device: torch.device, name: str = "ours"):
         self.cfg, self.device, self.name = cfg, device, name
@@ -129,14 +132,16 @@ class OurTrainer:
         if self._step is None:  # built on the data tensors, as in fit
             self._step = make_train_step(
                 self.model, self.model, self.ema, self.opt, self.sched, self.cfg.train,
-                (x, y, None), len(idx), uses_cuda_graphs(self.cfg.train, self.device, 1))
+                (x, y, None), len(idx), uses_cuda_graphs(self.cfg.train, self.device, 1),
+                uses_amp(self.cfg.train, self.device))
         self.steps += 1
         return self._step(idx, self.steps)
 
 
 class PeerTrainer:
     """The idiomatic diffusers step: `DDPMScheduler.add_noise`, label dropout to the null class,
-    ε-MSE, AdamW, the same clipping, diffusers' `EMAModel` (same decay and warm-up as ours)."""
+    ε-MSE, AdamW, the same clipping, diffusers' `EMAModel` (same decay and warm-up as ours), in
+    the same precision as ours (bf16 autocast where `fit` uses it)."""
 
     def __init__(self, name: str, pc: PeerConfig, cfg: TrialConfig, device: torch.device):
         from diffusers.training_utils import EMAModel
@@ -149,6 +154,7 @@ class PeerTrainer:
                                      weight_decay=self.tc.weight_decay)
         self.ema = EMAModel(self.unet.parameters(), decay=self.tc.ema_decay, foreach=True)
         self.timesteps = cfg.diffusion.timesteps
+        self.amp = uses_amp(cfg.train, device)
 
     def step(self, x, y, idx) -> torch.Tensor:
         x, y = x[idx], y[idx]
@@ -158,7 +164,9 @@ class PeerTrainer:
         noisy = self.noise_scheduler.add_noise(x, noise, t)
         drop = torch.rand(b, device=x.device) < self.ucfg.label_dropout
         labels = torch.where(drop, self.ucfg.null_label, y)
-        loss = F.mse_loss(self.unet(noisy, t, class_labels=labels).sample.float(), noise)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            eps = self.unet(noisy, t, class_labels=labels).sample
+        loss = F.mse_loss(eps.float(), noise)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.unet.parameters(), self.tc.grad_clip)
@@ -322,7 +330,8 @@ def main(argv=None) -> None:
     splits = load_splits(DataConfig("mnist-idx", a.data_dir))
 
     print(f"# Peer benchmark — {datetime.date.today()} · {machine()} · diffusers "
-          f"{diffusers_version} · {a.device}, {torch.get_num_threads()} threads, fp32")
+          f"{diffusers_version} · {a.device}, {torch.get_num_threads()} threads, "
+          f"{'bf16 autocast' if uses_amp(cfg.train, device) else 'fp32'} for every model")
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"data: {splits.description}; batch {a.batch}, AdamW lr {a.lr:g}, "
           f"T = {cfg.diffusion.timesteps} {cfg.diffusion.schedule}, label dropout "
@@ -354,6 +363,9 @@ def main(argv=None) -> None:
     if uses_cuda_graphs(cfg.train, device, 1):  # what the CUDA graph brings, in the same run
         eager = replace(cfg, train=replace(cfg.train, cuda_graphs=False))
         trainers.insert(1, OurTrainer(eager, device, name="ours, eager"))
+    if uses_amp(cfg.train, device):  # what autocast brings, in the same run
+        fp32 = replace(cfg, train=replace(cfg.train, amp=False))
+        trainers.insert(1, OurTrainer(fp32, device, name="ours, fp32"))
 
     # 1. Throughput
     warmup = 20 if device.type == "cuda" else 3

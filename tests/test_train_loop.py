@@ -10,7 +10,13 @@ import torch
 from trainables.config import TrainConfig, TrialConfig
 from trainables.data import DataConfig
 from trainables.diffusion import Schedule
-from trainables.train_loop import LocalSession, fit, load_checkpoint, validation_loss
+from trainables.train_loop import (
+    LocalSession,
+    fit,
+    load_checkpoint,
+    uses_amp,
+    validation_loss,
+)
 from trainables.unet import UNet
 
 TINY = {"data": {"dataset": "digits"}, "model": {"depth": 2, "width": 8},
@@ -42,6 +48,19 @@ def test_training_lowers_loss(tmp_path, digits_splits):
     # high-noise quartile is easier for ε-prediction than the low-noise one
     assert h["val_loss_q4"] < h["val_loss_q1"]
     assert (tmp_path / "checkpoint.pt").exists()
+
+
+def test_bf16_autocast_where_it_pays_and_as_asked(tmp_path, digits_splits):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert uses_amp(TrainConfig(), cpu) == native and not uses_amp(TrainConfig(), cuda)
+    assert uses_amp(TrainConfig(amp=True), cuda) and not uses_amp(TrainConfig(amp=False), cpu)
+    # asked for, it is applied (the loss moves off fp32's) and trains as well
+    runs = {amp: fit(tiny(epochs=2, lr=2e-3, amp=amp),
+                     LocalSession(tmp_path / str(amp), verbose=False), digits_splits)
+            for amp in (False, True)}
+    fp32, bf16 = (runs[amp].history[-1]["train_loss"] for amp in (False, True))
+    assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.1)
 
 
 def test_resume_continues_exactly(tmp_path, digits_splits):

@@ -169,11 +169,19 @@ def validation_loss(model, sched: Schedule, images, labels, rank: int, world: in
     return out
 
 
+def uses_amp(tc: TrainConfig, device: torch.device) -> bool:
+    """Whether `fit`'s step runs under bf16 autocast: as `tc.amp` says, or when it is None, on
+    a CPU whose oneDNN has native bf16 kernels (elsewhere bf16 is emulated and slower)."""
+    if tc.amp is not None:
+        return tc.amp
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def uses_cuda_graphs(tc: TrainConfig, device: torch.device, world: int) -> bool:
     """Whether `fit` replays its step as a CUDA graph (cuda_graph.py): on a GPU, in one process
     (no DDP gradient hooks), without autocast or torch.compile."""
-    return (tc.cuda_graphs and device.type == "cuda" and world == 1 and not tc.amp
-            and not tc.compile)
+    return (tc.cuda_graphs and device.type == "cuda" and world == 1
+            and not uses_amp(tc, device) and not tc.compile)
 
 
 def make_train_step(train_model: torch.nn.Module, model: torch.nn.Module, ema: torch.nn.Module,
@@ -223,7 +231,7 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
     rank, world, device = session.rank, session.world_size, session.device
     if tc.batch_size < world:
         raise ValueError(f"batch_size={tc.batch_size} is smaller than the {world} workers")
-    use_amp = tc.amp and device.type == "cuda"
+    use_amp = uses_amp(tc, device)
     graphed = uses_cuda_graphs(tc, device, world)
 
     # Set up data: the whole split as one tensor on the device
