@@ -18,7 +18,7 @@ COLUMNS = [
     "trial_id", "status", "stop_reason", "error", "confirm_of",
     "depth", "width", "style", "channels", "lr", "guidance", "batch_size", "epochs", "seed",
     "timesteps", "dataset",
-    "params", "forward_gflops", "train_gflops", "images_seen", "images_per_s",
+    "params", "forward_gflops", "train_gflops", "images_seen", "images_per_s", "precision",
     "trial_wall_s", "train_seconds", "startup_s", "trainer_start_s", "worker_setup_s",
     "worker_seconds", "gpu_seconds", "workers",
     "epochs_run", "final_train_loss", "final_val_loss", "probe_judge_acc",

@@ -125,7 +125,7 @@ class Finalizer:
         return {
             "trial_id": trial_id, **describe(cfg), **m, "status": "ok", "stop_reason": "asha",
             "workers": workers, "epochs_run": result.get("epoch"), "train_seconds": train_s,
-            "images_per_s": result.get("images_per_s"),
+            "images_per_s": result.get("images_per_s"), "precision": result.get("precision"),
             "images_seen": round(result.get("images_per_s", 0) * train_s),
             "final_train_loss": result.get("train_loss"),
             "final_val_loss": result.get("val_loss"), PROBE: result.get(PROBE),

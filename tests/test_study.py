@@ -37,6 +37,7 @@ def test_smoke_study_records_every_trial(smoke_study):
                 "final_train_loss", "final_val_loss", "quality", "train_cost_s", "judge_acc",
                 "frechet", "eval_s", "samples_path", "grid_path", "checkpoint_path"]
     assert df[required].notna().all().all(), df[required].isna().sum()
+    assert df["precision"].isin(["bf16", "fp32"]).all()  # the training step's, per trial
     clip_cols = ["clip_top", "clip_all", "clip_gain", "clip_acc_all", "clip_acc_top"]
     assert df[clip_cols].notna().all().all()
     assert df["clip_model"].str.contains("tiny_clip.json").all()
@@ -86,7 +87,7 @@ def test_asha_stopped_trial_is_evaluated_from_its_checkpoint(smoke_study, tmp_pa
     last_result = {"checkpoint_path": str(epoch_ckpt), "epoch": 1, "train_seconds": 2.0,
                    "images_per_s": 800.0, "time_total_s": 12.0, "train_loss": 0.5,
                    "val_loss": 0.4, "probe_judge_acc": 0.1, "probe_s_total": 1.5,
-                   "trainer_start_s": 6.0, "worker_setup_s": 0.5}
+                   "trainer_start_s": 6.0, "worker_setup_s": 0.5, "precision": "bf16"}
     config = {"depth": int(done["depth"]), "width": int(done["width"]),
               "lr": float(done["lr"]), "guidance": float(done["guidance"])}
     row = Finalizer(copy)("stopped1", last_result, config)
@@ -94,6 +95,7 @@ def test_asha_stopped_trial_is_evaluated_from_its_checkpoint(smoke_study, tmp_pa
     assert row["quality"] == row["clip_top"] is not None and row["train_cost_s"] == 2.0
     assert row["startup_s"] == pytest.approx(12.0 - 2.0 - 1.5) and row["images_seen"] == 1600
     assert (row["trainer_start_s"], row["worker_setup_s"], row["gpu_seconds"]) == (6.0, 0.5, 0.0)
+    assert row["precision"] == "bf16"
     # the driver recorded its sizing in study.json; on GPUs the stopped trial is costed by it
     setup = json.loads((copy / "study.json").read_text())
     assert (setup["use_gpu"], setup["gpus_per_worker"], setup["concurrent"]) == (False, 0.0, 1)
@@ -199,6 +201,7 @@ def test_more_trials_than_slots_with_asha_stops_all_get_rows(tmp_path, judge_cac
     stopped = df[df["stop_reason"] == "asha"]
     assert len(stopped) >= 2 and (stopped["epochs_run"] == 1).all()
     assert stopped["judge_acc"].notna().all()  # evaluated from the checkpoint by the Finalizer
+    assert stopped["precision"].notna().all()  # from fit's epoch reports, as costed
     assert (df.loc[df["stop_reason"] == "completed", "epochs_run"] == 2).all()
     # sized by the Finalizer from each trial's config, as the searcher passes it on
     assert df["params"].gt(0).all() and df["forward_gflops"].gt(0).all()

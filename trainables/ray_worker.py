@@ -101,6 +101,7 @@ def train_fn_per_worker(config: dict) -> None:
                "stop_reason": result.stop_reason, "stop_detail": result.detail,
                "train_seconds": result.train_seconds, "images_seen": round(images_seen),
                "images_per_s": images_seen / result.train_seconds if result.train_seconds else 0,
+               "precision": last.get("precision"),
                "final_train_loss": last.get("train_loss"), "final_val_loss": last.get("val_loss"),
                "probe_judge_acc": last.get("probe_judge_acc", 0.0),
                "probe_s_total": last.get("probe_s_total", 0.0),

@@ -325,7 +325,8 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
         metrics = {"epoch": epoch, "step": state["step"], "train_loss": train_sum / n_steps,
                    "lr": float(opt.param_groups[0]["lr"]), "epoch_s": epoch_s,
                    "images_per_s": steps_done * local_batch * world / epoch_s,
-                   "train_seconds": state["train_seconds"]}
+                   "train_seconds": state["train_seconds"],
+                   "precision": "bf16" if use_amp else "fp32"}  # what images_per_s means
         metrics.update(validation_loss(ema, sched, val_x, val_y, rank, world, style=val_s))
         if probe is not None:
             t_probe = time.perf_counter()
