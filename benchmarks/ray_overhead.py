@@ -23,7 +23,7 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine, mnist, reference_config  # noqa: E402
-from trainables.train_loop import CHECKPOINT_FILE, LocalSession, fit  # noqa: E402
+from trainables.train_loop import LocalSession, fit, load_checkpoint  # noqa: E402
 
 
 def ray_worker(config: dict) -> None:
@@ -77,8 +77,7 @@ def main(argv=None) -> None:
             ).fit()
             wall = time.perf_counter() - t0
             # every epoch's throughput, from the history in the last checkpoint
-            history = torch.load(Path(result.checkpoint.path) / CHECKPOINT_FILE,
-                                 weights_only=False)["history"]
+            history = load_checkpoint(Path(result.checkpoint.path))[3]["history"]
         ray_ips = statistics.median(h["images_per_s"] for h in history)
         startup = wall - result.metrics["train_seconds"]
     finally:
