@@ -50,11 +50,14 @@ def test_training_lowers_loss(tmp_path, digits_splits):
     assert (tmp_path / "checkpoint.pt").exists()
 
 
-def test_bf16_autocast_where_it_pays_and_as_asked(tmp_path, digits_splits):
+def test_bf16_autocast_where_it_pays_and_as_asked(tmp_path, digits_splits, monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert uses_amp(TrainConfig(), cpu) == native and not uses_amp(TrainConfig(), cuda)
     assert uses_amp(TrainConfig(amp=True), cuda) and not uses_amp(TrainConfig(amp=False), cpu)
+    with monkeypatch.context() as m:  # a torch without the check: fp32
+        m.setattr(torch.ops, "mkldnn", object())
+        assert not uses_amp(TrainConfig(), cpu)
     # asked for, it is applied (the loss moves off fp32's) and trains as well
     runs = {amp: fit(tiny(epochs=2, lr=2e-3, amp=amp),
                      LocalSession(tmp_path / str(amp), verbose=False), digits_splits)

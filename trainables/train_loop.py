@@ -174,7 +174,12 @@ def uses_amp(tc: TrainConfig, device: torch.device) -> bool:
     a CPU whose oneDNN has native bf16 kernels (elsewhere bf16 is emulated and slower)."""
     if tc.amp is not None:
         return tc.amp
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:  # torch's own check (private); each row records the precision used
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without the check: fp32
+        return False
 
 
 def uses_cuda_graphs(tc: TrainConfig, device: torch.device, world: int) -> bool:
