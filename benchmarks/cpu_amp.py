@@ -57,8 +57,8 @@ def main(argv=None) -> None:
     n = 10 * a.probe_per_digit
     print(f"\nbf16 ÷ fp32 images/s: {bf['images_per_s'] / fp['images_per_s']:.2f}×; "
           f"val loss {bf['val_loss'] - fp['val_loss']:+.4f}; judge accuracy "
-          f"{100 * (bf['judge_acc'] - fp['judge_acc']):+.1f} points ({n} samples each, "
-          f"±{100 * (0.25 / n) ** 0.5 * 2:.0f} points at 2σ)")
+          f"{100 * (bf['judge_acc'] - fp['judge_acc']):+.1f} points ({n} samples each: a "
+          f"difference within ±{200 * (0.5 / n) ** 0.5:.0f} points is 2σ noise at most)")
 
 
 if __name__ == "__main__":

@@ -70,15 +70,13 @@ def run_trial(params: dict, setup: dict) -> None:
                                              str(max(1, int(setup["cpus_per_worker"])))}},
         ),
     )
-    try:
-        result, error = trainer.fit(), None
-    except Exception as e:  # TrainingFailedError after the worker retries are spent
-        result, error = None, e
     # The model's size columns are added by the driver's Finalizer (study/tuning.py).
     row = {"trial_id": trial_id, **describe(cfg), "workers": workers,
            "quality_metric": setup["quality_metric"], "final": True}
-    if error is not None:
-        row.update(status="failed", stop_reason="error", error=one_line(error),
+    try:
+        result = trainer.fit()
+    except Exception as e:  # TrainingFailedError after the worker retries are spent
+        row.update(status="failed", stop_reason="error", error=one_line(e),
                    trial_wall_s=time.time() - t0, **{QUALITY: None, COST: None, PROBE: 0.0})
         tune.report(row)
         return

@@ -31,10 +31,10 @@ class TrainConfig:
     early_stop_patience: int | None = 5  # epochs without val improvement before stopping
     val_size: int = 1000  # validation images used for the validation loss (fixed noise)
     seed: int = 0  # model init, batch order, noise; each rank offsets it
-    # bf16 autocast of the training step; None: where it pays (train_loop.uses_amp). On CPUs
-    # with native bf16 (AVX512-BF16/AMX) it measured 1.8x the fp32 images/s; on CUDA 0.76x the
-    # fp32 (TF32) throughput on an H200, casts costing these small U-Nets more than they save
-    # (benchmarks/RESULTS.md).
+    # bf16 autocast of the training step; None: where it pays (train_loop.uses_amp). On a CPU
+    # with native bf16 (AVX512-BF16) it measured 1.66x the fp32 images/s at the same quality
+    # (benchmarks/cpu_amp.py); on CUDA 0.76x the fp32 (TF32) throughput on an H200, casts
+    # costing these small U-Nets more than they save (benchmarks/RESULTS.md).
     amp: bool | None = None
     compile: bool = False  # torch.compile the model (CUDA only)
     # Replay each training step as one CUDA graph (CUDA, one worker, no amp/compile): these
