@@ -1,0 +1,119 @@
+"""Where a trial's Ray Train start-up goes: a bare ``TorchTrainer`` (a worker function that only
+reports) launched the way ``study/trial.py`` launches a trial, timed from ``trainer.fit()``.
+
+    python benchmarks/trial_startup.py --runs 3              # CPU workers (gloo)
+    python benchmarks/trial_startup.py --runs 3 --gpu        # GPU workers (nccl), then CPU again
+
+Per run it prints when each of Ray Train's actors was constructed, and each of its remote calls
+that took 0.1 s or more, with how long it ran (from ``ray.timeline()``), when the worker function was entered, how long the worker's first CUDA
+tensor took (the CUDA context), and when ``fit()`` returned. With ``--gpu`` the CPU runs follow in
+the same Ray session, so the two compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from study.ray_env import RAY_ENV  # noqa: E402
+
+for _k, _v in RAY_ENV.items():  # as the study's driver does, before Ray is imported
+    os.environ.setdefault(_k, _v)
+
+
+def worker_fn(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    entered = time.time()
+    torch.zeros(1, device=ray.train.torch.get_device()).sum().item()  # CUDA context, if any
+    metrics = {"entered": entered, "device_ready": time.time()}
+    # Train V2's Result.metrics is the last report that carried a checkpoint
+    with tempfile.TemporaryDirectory() as tmp:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def one_run(use_gpu: bool, storage: str, name: str) -> dict:
+    import ray
+    from ray import train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    per_worker = {"CPU": 1, **({"GPU": 1} if use_gpu else {})}
+    t0 = time.time()
+    result = TorchTrainer(
+        worker_fn,
+        scaling_config=train.ScalingConfig(num_workers=1, use_gpu=use_gpu,
+                                           resources_per_worker=per_worker),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=train.RunConfig(name=name, storage_path=storage),
+    ).fit()
+    done = time.time()
+    m = result.metrics
+    row = {"worker function entered": m["entered"] - t0,
+           "device ready": m["device_ready"] - t0, "fit() returned": done - t0}
+    # Ray Train's actors and tasks since t0: constructors, and anything that ran 0.1 s or more
+    for e in ray.timeline():
+        what = e.get("cat", "").removeprefix("task::")
+        if e.get("cat", "").startswith("task::") and e["ts"] / 1e6 >= t0 and (
+                what.endswith(".__init__") or e.get("dur", 0) >= 1e5):
+            row.setdefault(what, (e["ts"] / 1e6 - t0, e.get("dur", 0) / 1e6))
+    return row
+
+
+def show(label: str, rows: list[dict]) -> None:
+    print(f"\n## {label}: seconds after fit() was called, median of {len(rows)} "
+          f"(min–max)")
+    keys = sorted({k for r in rows for k in r},
+                  key=lambda k: statistics.median(_start(r[k]) for r in rows if k in r))
+    for k in keys:
+        vals = [r[k] for r in rows if k in r]
+        starts = [_start(v) for v in vals]
+        line = f"{k:<56} {statistics.median(starts):6.2f} ({min(starts):.2f}–{max(starts):.2f})"
+        if isinstance(vals[0], tuple):
+            line += f"  ran {statistics.median(v[1] for v in vals):.2f}"
+        print(line)
+
+
+def _start(v) -> float:
+    return v[0] if isinstance(v, tuple) else v
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3, help="trainer launches per device")
+    p.add_argument("--gpu", action="store_true", help="GPU workers first, then CPU workers")
+    a = p.parse_args(argv)
+    import ray
+    import torch
+
+    from benchmarks.common import machine
+
+    if a.gpu and not torch.cuda.is_available():
+        sys.exit("trial_startup.py: --gpu needs a CUDA GPU")
+    print(f"# Ray Train trial start-up — {machine()}; 1 worker, {a.runs} runs per device")
+    # worker_fn is pickled by value: the workers need nothing of the project's on their path
+    ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for gpu in ([True, False] if a.gpu else [False]):
+                label = "GPU worker (nccl)" if gpu else "CPU worker (gloo)"
+                rows = []
+                for i in range(a.runs):
+                    rows.append(one_run(gpu, tmp, f"startup-{'gpu' if gpu else 'cpu'}-{i}"))
+                    print(f"{label} run {i + 1}: worker function entered at "
+                          f"+{rows[-1]['worker function entered']:.2f} s", flush=True)
+                show(label, rows)
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
