@@ -4,10 +4,11 @@ reports) launched the way ``study/trial.py`` launches a trial, timed from ``trai
     python benchmarks/trial_startup.py --runs 3              # CPU workers (gloo)
     python benchmarks/trial_startup.py --runs 3 --gpu        # GPU workers (nccl), then CPU again
 
-Per run it prints when each of Ray Train's actors was constructed, and each of its remote calls
-that took 0.1 s or more, with how long it ran (from ``ray.timeline()``), when the worker function was entered, how long the worker's first CUDA
-tensor took (the CUDA context), and when ``fit()`` returned. With ``--gpu`` the CPU runs follow in
-the same Ray session, so the two compare within one run.
+Per run it prints when each of Ray Train's actors was constructed and each of its remote calls
+that took 0.1 s or more started, with how long it ran (from ``ray.timeline()``); when the worker
+function was entered; when the worker's first CUDA tensor was done (the CUDA context); and when
+``fit()`` returned. With ``--gpu`` the CPU runs follow in the same Ray session, so the two
+compare within one run.
 """
 
 from __future__ import annotations
