@@ -3,6 +3,7 @@ reports) launched the way ``study/trial.py`` launches a trial, timed from ``trai
 
     python benchmarks/trial_startup.py --runs 3              # CPU workers (gloo)
     python benchmarks/trial_startup.py --runs 3 --gpu        # GPU workers (nccl), then CPU again
+    python benchmarks/trial_startup.py --runs 3 --concurrent 2   # then 2 trainers at once
 
 Per run it prints when each of Ray Train's actors was constructed and each of its remote calls
 that took 0.1 s or more started, with how long it ran (from ``ray.timeline()``); when the worker
@@ -41,12 +42,13 @@ def worker_fn(config: dict) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def one_run(use_gpu: bool, storage: str, name: str) -> dict:
+def one_run(use_gpu: bool, storage: str, name: str, gpu_share: float = 1.0,
+            timeline: bool = True) -> dict:
     import ray
     from ray import train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    per_worker = {"CPU": 1, **({"GPU": 1} if use_gpu else {})}
+    per_worker = {"CPU": 1, **({"GPU": gpu_share} if use_gpu else {})}
     t0 = time.time()
     result = TorchTrainer(
         worker_fn,
@@ -60,7 +62,7 @@ def one_run(use_gpu: bool, storage: str, name: str) -> dict:
     row = {"worker function entered": m["entered"] - t0,
            "device ready": m["device_ready"] - t0, "fit() returned": done - t0}
     # Ray Train's actors and tasks since t0: constructors, and anything that ran 0.1 s or more
-    for e in ray.timeline():
+    for e in ray.timeline() if timeline else []:
         what = e.get("cat", "").removeprefix("task::")
         if e.get("cat", "").startswith("task::") and e["ts"] / 1e6 >= t0 and (
                 what.endswith(".__init__") or e.get("dur", 0) >= 1e5):
@@ -86,11 +88,27 @@ def _start(v) -> float:
     return v[0] if isinstance(v, tuple) else v
 
 
+def concurrent(k: int, gpu: bool, storage: str, label: str) -> None:
+    """K trainers started at once from K tasks: the study's situation when trials start together."""
+    import ray
+
+    launch = ray.remote(num_cpus=0.01)(one_run)
+    rows = ray.get([launch.remote(gpu, storage, f"startup-{'gpu' if gpu else 'cpu'}-x{k}-{i}",
+                                  gpu_share=1 / k, timeline=False) for i in range(k)])
+    for i, r in enumerate(rows):
+        print(f"{label}, {k} at once, trainer {i + 1}: worker function entered at "
+              f"+{r['worker function entered']:.2f} s, fit() returned at "
+              f"+{r['fit() returned']:.2f} s", flush=True)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=3, help="trainer launches per device")
     p.add_argument("--gpu", action="store_true", help="GPU workers first, then CPU workers")
+    p.add_argument("--concurrent", type=int, default=0, metavar="K",
+                   help="then launch K trainers at once, each from its own Ray task (as Tune's "
+                   "trial actors do; GPU workers get 1/K of the GPU), and time them")
     a = p.parse_args(argv)
     import ray
     import torch
@@ -112,6 +130,8 @@ def main(argv=None) -> None:
                     print(f"{label} run {i + 1}: worker function entered at "
                           f"+{rows[-1]['worker function entered']:.2f} s", flush=True)
                 show(label, rows)
+                if a.concurrent:
+                    concurrent(a.concurrent, gpu, tmp, label)
     finally:
         ray.shutdown()
 
