@@ -49,6 +49,8 @@ def main(argv=None) -> None:
     from ray import train
     from ray.train.torch import TorchTrainer
 
+    from study.trial import trainer_sizing
+
     threads = a.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     gpu = torch.cuda.is_available()  # both loops then train on the GPU (LocalSession's default)
@@ -72,9 +74,7 @@ def main(argv=None) -> None:
             t0 = time.perf_counter()
             result = TorchTrainer(
                 ray_worker, train_loop_config={"trial": cfg.to_dict(), "threads": threads},
-                scaling_config=train.ScalingConfig(
-                    num_workers=1, use_gpu=gpu,
-                    resources_per_worker={"CPU": threads, **({"GPU": 1} if gpu else {})}),
+                **trainer_sizing(1, gpu, threads),
                 run_config=train.RunConfig(name="ray-overhead", storage_path=tmp),
             ).fit()
             wall = time.perf_counter() - t0

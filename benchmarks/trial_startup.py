@@ -1,5 +1,6 @@
 """Where a trial's Ray Train start-up goes: a bare ``TorchTrainer`` (a worker function that only
-reports) launched the way ``study/trial.py`` launches a trial, timed from ``trainer.fit()``.
+reports) with a trial's resources, backend and worker env (``study.trial.trainer_sizing``,
+``worker_env``), timed from ``trainer.fit()``.
 
     python benchmarks/trial_startup.py --runs 3              # CPU workers (gloo)
     python benchmarks/trial_startup.py --runs 3 --gpu        # GPU workers (nccl), then CPU again
@@ -42,20 +43,18 @@ def worker_fn(config: dict) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def one_run(use_gpu: bool, storage: str, name: str, gpu_share: float = 1.0,
-            timeline: bool = True) -> dict:
+def one_run(sizing: dict, env: dict, storage: str, name: str, timeline: bool = True) -> dict:
+    """`sizing` and `env`: `study.trial.trainer_sizing(...)` and `worker_env(...)`, built by the
+    caller, so that a task running this unpickles Ray's config objects, not the project."""
     import ray
     from ray import train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
-    per_worker = {"CPU": 1, **({"GPU": gpu_share} if use_gpu else {})}
     t0 = time.time()
     result = TorchTrainer(
-        worker_fn,
-        scaling_config=train.ScalingConfig(num_workers=1, use_gpu=use_gpu,
-                                           resources_per_worker=per_worker),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=train.RunConfig(name=name, storage_path=storage),
+        worker_fn, **sizing,
+        run_config=train.RunConfig(name=name, storage_path=storage,
+                                   worker_runtime_env=env),
     ).fit()
     done = time.time()
     m = result.metrics
@@ -92,13 +91,21 @@ def concurrent(k: int, gpu: bool, storage: str, label: str) -> None:
     """K trainers started at once from K tasks: the study's situation when trials start together."""
     import ray
 
+    from study.trial import trainer_sizing, worker_env
+
     launch = ray.remote(num_cpus=0.01)(one_run)
-    rows = ray.get([launch.remote(gpu, storage, f"startup-{'gpu' if gpu else 'cpu'}-x{k}-{i}",
-                                  gpu_share=1 / k, timeline=False) for i in range(k)])
+    sizing = trainer_sizing(1, gpu, 1, gpus_per_worker=1 / k)
+    rows = ray.get([launch.remote(sizing, worker_env(1), storage,
+                                  f"startup-{_tag(gpu)}-x{k}-{i}", timeline=False)
+                    for i in range(k)])
     for i, r in enumerate(rows):
         print(f"{label}, {k} at once, trainer {i + 1}: worker function entered at "
               f"+{r['worker function entered']:.2f} s, fit() returned at "
               f"+{r['fit() returned']:.2f} s", flush=True)
+
+
+def _tag(gpu: bool) -> str:
+    return "gpu" if gpu else "cpu"
 
 
 def main(argv=None) -> None:
@@ -114,6 +121,7 @@ def main(argv=None) -> None:
     import torch
 
     from benchmarks.common import machine
+    from study.trial import trainer_sizing, worker_env
 
     if a.gpu and not torch.cuda.is_available():
         sys.exit("trial_startup.py: --gpu needs a CUDA GPU")
@@ -126,7 +134,8 @@ def main(argv=None) -> None:
                 label = "GPU worker (nccl)" if gpu else "CPU worker (gloo)"
                 rows = []
                 for i in range(a.runs):
-                    rows.append(one_run(gpu, tmp, f"startup-{'gpu' if gpu else 'cpu'}-{i}"))
+                    rows.append(one_run(trainer_sizing(1, gpu, 1), worker_env(1), tmp,
+                                        f"startup-{_tag(gpu)}-{i}"))
                     print(f"{label} run {i + 1}: worker function entered at "
                           f"+{rows[-1]['worker function entered']:.2f} s", flush=True)
                 show(label, rows)

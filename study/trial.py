@@ -46,19 +46,15 @@ def run_trial(params: dict, setup: dict) -> None:
         tune.report(setup["finished"][trial_id])
         return
     cfg = trial_config(setup["base"], params)
-    workers, use_gpu = setup["workers_per_trial"], setup["use_gpu"]
+    workers = setup["workers_per_trial"]
     t0 = time.time()
-    per_worker = {"CPU": setup["cpus_per_worker"]}
-    if use_gpu:
-        per_worker["GPU"] = setup["gpus_per_worker"]
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"trial": cfg.to_dict(), "judge": setup["judge"],
                            "eval": setup["eval"], "clip": setup["clip"],
                            "cpus_per_worker": setup["cpus_per_worker"], "trial_start": t0},
-        scaling_config=train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                           resources_per_worker=per_worker),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        **trainer_sizing(workers, setup["use_gpu"], setup["cpus_per_worker"],
+                         setup["gpus_per_worker"]),
         run_config=train.RunConfig(
             # Deterministic per trial (a retried trial resumes from its checkpoints) and readable
             # in the dashboard's Train page.
@@ -66,8 +62,7 @@ def run_trial(params: dict, setup: dict) -> None:
             storage_path=setup["storage_path"],
             callbacks=[TuneReportCallback()],
             failure_config=train.FailureConfig(max_failures=setup["worker_retries"]),
-            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS":
-                                             str(max(1, int(setup["cpus_per_worker"])))}},
+            worker_runtime_env=worker_env(setup["cpus_per_worker"]),
         ),
     )
     # The model's size columns are added by the driver's Finalizer (study/tuning.py).
@@ -84,6 +79,21 @@ def run_trial(params: dict, setup: dict) -> None:
     row["final_checkpoint"] = result.checkpoint.path if result.checkpoint else None
     ckpt = tune.Checkpoint.from_directory(result.checkpoint.path) if result.checkpoint else None
     tune.report(row, checkpoint=ckpt)
+
+
+def trainer_sizing(workers: int, use_gpu: bool, cpus_per_worker: float,
+                   gpus_per_worker: float = 1.0) -> dict:
+    """A trial's TorchTrainer resources and process-group backend, as keyword arguments (the
+    benchmarks launch their trainers with these too, so they time the study's trainer)."""
+    per_worker = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if use_gpu else {})}
+    return {"scaling_config": train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                                  resources_per_worker=per_worker),
+            "torch_config": TorchConfig(backend="nccl" if use_gpu else "gloo")}
+
+
+def worker_env(cpus_per_worker: float) -> dict:
+    """Runtime env of a trial's workers: OpenMP sized to the worker's CPUs."""
+    return {"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cpus_per_worker)))}}
 
 
 def describe(cfg: TrialConfig) -> dict:
