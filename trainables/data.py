@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 DATASETS = ("mnist", "mnist-idx", "digits")
+NUM_CLASSES = 10  # the digits 0..9, the class labels of every dataset here
+DIGITS = range(NUM_CLASSES)
 DATA_DIR_ENV = "STUDY_DATA_DIR"
 DATASET_ENV = "STUDY_DATASET"
 _IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801
