@@ -29,6 +29,7 @@ from analysis.results import (
     load_study,
     sample_picks,
 )
+from study.search_space import describe
 
 REPORT_DIR = "report"
 DPI = 100
@@ -117,28 +118,28 @@ def build_report(study_dir: Path | str) -> Path:
 
 
 def header(page: Page, study: Study) -> None:
-    s = study.setup
+    s, facts = study.spec, study.record
     for n in study.notes:
         if n == CLIP_OFF:
             page.warn(n)
         else:
             page.note(n)
-    if study.setup.get("clip") is not None and not study.clip_enabled:
+    if study.clip_configured and not study.clip_enabled:
         page.warn("CLIP was configured but no trial has a CLIP score.")
     settings = {"name": study.name, "directory": str(study.path), "preset": s.get("preset"),
                 "trials requested": s.get("num_trials"), "quality": study.quality_metric,
-                "CLIP": s.get("clip_description") or "disabled",
-                "data": s.get("data_description"), "judge validation accuracy":
-                s.get("judge_val_acc"), "search space": json.dumps(s.get("space")),
-                "evaluation": json.dumps(s.get("eval")), "seed": s.get("seed"),
+                "CLIP": facts.get("clip_description") or "disabled",
+                "data": facts.get("data_description"), "judge validation accuracy":
+                facts.get("judge_val_acc"), "search space": json.dumps(s.get("space")),
+                "evaluation": json.dumps(s.get("evaluation")), "seed": s.get("seed"),
                 "workers per trial": s.get("workers_per_trial"),
                 "base diffusion / sampler": json.dumps({**s.get("base", {}).get("diffusion", {}),
                                                         **s.get("base", {}).get("sample", {})}),
                 "base training": json.dumps(s.get("base", {}).get("train")),
                 "report built": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     page.table(_kv(settings), "Configuration")
-    page.table(_kv(s.get("versions") or {}), "Versions")
-    page.table(_kv(s.get("machine") or {}), "Machine")
+    page.table(_kv(facts.get("versions") or {}), "Versions")
+    page.table(_kv(facts.get("machine") or {}), "Machine")
     cost = tables.total_cost(study.results)
     cost["post_study_s"] = (study.post or {}).get("seconds")
     page.table(pd.DataFrame([cost]), "Total cost (all trials; post_study_s = guidance sweep and "
@@ -250,14 +251,14 @@ def pictures_section(page: Page, study: Study) -> None:
                                            " CLIP scores absent: the judge's pick only."))
     if not shown:
         page.note("No trial samples to show.")
-    real = load_npz(study, "real_digits.npz")
-    diffusion = study.setup.get("base", {}).get("diffusion", {})
+    real = load_npz(study.layout.post.real_digits)
+    diffusion = study.spec.get("base", {}).get("diffusion", {})
     if real is not None and diffusion:
         page.figure("noise_progression", pictures.noise_progression(
             real["images"], diffusion["timesteps"], diffusion.get("schedule", "linear")))
     else:
         page.note("No real digits saved (analysis/real_digits.npz): forward process not shown.")
-    traj = load_npz(study, "trajectory.npz")
+    traj = load_npz(study.layout.post.trajectory)
     if traj is None:
         page.note("No reverse trajectory (analysis/trajectory.npz): generation steps not shown.")
         return
@@ -288,7 +289,7 @@ def training(page: Page, study: Study) -> None:
         page.figure("training_curves", charts.training_curves(study.histories))
     else:
         page.note("No training histories found (trials/<id>/outcome.json).")
-    fails = tables.failures(study.results)
+    fails = tables.failures(study.results, study.axes)
     if study.results.empty:
         page.warn("No trial has finished yet.")
     elif fails.empty:
@@ -315,7 +316,7 @@ def summary(study: Study) -> str:
     """A short Markdown summary: counts, CLIP status, cost, best trial, front, failures."""
     cost = tables.total_cost(study.results)
     lines = [f"# Study {study.name}", ""]
-    if study.setup.get("clip") is None:
+    if not study.clip_configured:
         lines += ["**CLIP DISABLED**: quality is the judge's conditional accuracy; CLIP "
                   "columns are absent.", ""]
     elif not study.clip_enabled:
@@ -333,8 +334,7 @@ def summary(study: Study) -> str:
     best = study.best(study.quality_metric)
     if len(best):
         b = best.iloc[0]
-        lines.append(f"- best trial {b['trial_id']}: depth {b['depth']}, width {b['width']}, "
-                     f"lr {b['lr']:.3g}, w {b['guidance']:.2f} → {study.quality_metric} "
+        lines.append(f"- best trial {b['trial_id']}: {describe(b)} → {study.quality_metric} "
                      f"{b[study.quality_metric]:.3f}, "
                      + ("" if study.quality_metric == "judge_acc" else
                         f"judge accuracy {b['judge_acc']:.3f}, ") +
@@ -349,7 +349,7 @@ def summary(study: Study) -> str:
         lines += ["", f"## Recognisable step per digit (trial {r['trial_id'].iloc[0]})", "",
                   tables.to_markdown(r[[c for c in ("digit", "mean_first_step", "frac_pass",
                                                     "total_steps", "noise_conf") if c in r]])]
-    fails = tables.failures(study.results)
+    fails = tables.failures(study.results, study.axes)
     lines += ["", "## Failed and stopped trials", "",
               tables.to_markdown(fails[["trial_id", "status", "stop_reason", "error"]])
               if len(fails) else "None: every trial completed its budget."]

@@ -19,13 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study.results import COLUMNS, ID_DTYPES, RESULTS_FILE
+from study.layout import ID_DTYPES, StudyLayout
+from study.rows import CLIP_COLUMNS, COLUMNS
 
-POST_DIR = "analysis"  # written by study/post.py
 CLIP_OFF = ("CLIP DISABLED for this study (--no-clip): quality is the judge's conditional "
             "accuracy, and every CLIP chart and column is absent.")
-CLIP_COLUMNS = ("clip_top", "clip_all", "clip_gain", "clip_acc_all", "clip_acc_top",
-                "judge_acc_top_clip", "clip_top_judge")
 
 
 class StudyDirError(ValueError):
@@ -36,7 +34,7 @@ class StudyDirError(ValueError):
 class Study:
     path: Path
     results: pd.DataFrame  # results.csv with every COLUMNS column (absent ones all NaN)
-    setup: dict  # study.json ({} when missing)
+    record: dict  # study.json ({} when missing): its "spec", "sizing" and measured facts
     reference: dict | None  # reference.json: the real-data row, with its per_digit list
     histories: pd.DataFrame  # trial_id, epoch, train_loss, val_loss, lr, probe_judge_acc, …
     per_digit: pd.DataFrame  # trial_id, digit, judge_acc, judge_conf[, clip_*]
@@ -47,17 +45,30 @@ class Study:
     notes: list[str] = field(default_factory=list)  # what is missing, in plain words
 
     @property
+    def layout(self) -> StudyLayout:
+        return StudyLayout(self.path)
+
+    @property
+    def spec(self) -> dict:
+        """The study's spec as study.json stores it (study/spec.py's StudySpec)."""
+        return self.record.get("spec") or {}
+
+    @property
     def name(self) -> str:
-        return self.setup.get("name") or self.path.name
+        return self.spec.get("name") or self.path.name
 
     @property
     def quality_metric(self) -> str:
-        return self.setup.get("quality_metric") or "judge_acc"
+        return self.record.get("quality_metric") or "judge_acc"
+
+    @property
+    def clip_configured(self) -> bool:
+        return self.spec.get("clip") is not None
 
     @property
     def clip_enabled(self) -> bool:
         """CLIP was on and its columns hold numbers (a --no-clip study leaves them empty)."""
-        return self.setup.get("clip") is not None and bool(self.results["clip_top"].notna().any())
+        return self.clip_configured and bool(self.results["clip_top"].notna().any())
 
     @property
     def ok(self) -> pd.DataFrame:
@@ -65,18 +76,20 @@ class Study:
 
     @property
     def top_k(self) -> int:
-        return int(self.setup.get("eval", {}).get("top_k", 3))
+        return int(self.spec.get("evaluation", {}).get("top_k", 3))
 
     @property
     def n_per_digit(self) -> int:
-        return int(self.setup.get("eval", {}).get("n_per_digit", 10))
+        return int(self.spec.get("evaluation", {}).get("n_per_digit", 10))
+
+    @property
+    def axes(self) -> list[str]:
+        """The searched axes (the spec's search space), in their order."""
+        return list(self.spec.get("space") or ["depth", "width", "lr", "guidance"])
 
     def best(self, by: str, n: int = 1) -> pd.DataFrame:
         """The n ok trials with the highest `by`."""
         return self.ok.dropna(subset=[by]).sort_values(by, ascending=False).head(n)
-
-    def file(self, relative: str) -> Path:
-        return self.path / relative
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:
@@ -96,13 +109,14 @@ def _read_json(path: Path):
 def load_study(path: Path | str) -> Study:
     """Read a study directory; raises StudyDirError when it holds no results.csv."""
     path = Path(path)
+    layout = StudyLayout(path)
     if not path.is_dir():
         raise StudyDirError(f"{path} is not a directory (expected runs/<name>)")
-    if not (path / RESULTS_FILE).exists():
-        raise StudyDirError(f"{path} holds no {RESULTS_FILE}: not a study directory, or the "
-                            f"study finished no trial yet")
+    if not layout.results.exists():
+        raise StudyDirError(f"{path} holds no {layout.results.name}: not a study directory, or "
+                            f"the study finished no trial yet")
     notes: list[str] = []
-    raw = pd.read_csv(path / RESULTS_FILE, dtype=ID_DTYPES)
+    raw = pd.read_csv(layout.results, dtype=ID_DTYPES)
     absent = [c for c in COLUMNS if c not in raw.columns]
     if any(c in absent for c in CLIP_COLUMNS):
         notes.append("results.csv has no CLIP columns (an older or CLIP-less table).")
@@ -110,46 +124,45 @@ def load_study(path: Path | str) -> Study:
     df["trial_id"] = df["trial_id"].astype(str)
     df["status"] = df["status"].fillna("unknown")
 
-    setup = _read_json(path / "study.json") or {}
-    if not setup:
+    record = _read_json(layout.spec) or {}
+    if not record:
         notes.append("study.json is missing: settings, versions and machine are unknown.")
-    reference = _read_json(path / "reference.json")
+    reference = _read_json(layout.reference)
     if reference is None:
         notes.append("reference.json is missing: no real-data reference row.")
-    if setup.get("clip") is None:
+    if (record.get("spec") or {}).get("clip") is None:
         notes.append(CLIP_OFF)
 
     histories, per_digit = [], []
     for trial_id in df["trial_id"]:
-        trial_dir = path / "trials" / trial_id
-        h = _history(trial_dir)
+        trial = layout.trial(trial_id)
+        h = _history(trial)
         if h:
             histories.append(pd.DataFrame(h).assign(trial_id=trial_id))
-        pd_table = _read_csv(trial_dir / "per_digit.csv")
+        pd_table = _read_csv(trial.per_digit)
         if pd_table is not None:
             per_digit.append(pd_table.assign(trial_id=trial_id))
 
-    post = path / POST_DIR
-    sweep = _read_csv(post / "guidance_sweep.csv")
+    post = layout.post
+    sweep = _read_csv(post.guidance_sweep)
     if sweep is None:
-        notes.append(f"No guidance sweep ({POST_DIR}/guidance_sweep.csv): run "
+        notes.append(f"No guidance sweep ({post.guidance_sweep.relative_to(path)}): run "
                      f"`python -m study.post {path}` where the checkpoints are.")
     return Study(
-        path=path, results=df, setup=setup, reference=reference,
+        path=path, results=df, record=record, reference=reference,
         histories=pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(),
         per_digit=pd.concat(per_digit, ignore_index=True) if per_digit else pd.DataFrame(),
-        guidance_sweep=sweep, sample_scores=_read_csv(post / "sample_scores.csv"),
-        recognisable=_read_csv(post / "recognisable_steps.csv"),
-        post=_read_json(post / "post.json"), notes=notes)
+        guidance_sweep=sweep, sample_scores=_read_csv(post.sample_scores),
+        recognisable=_read_csv(post.recognisable), post=_read_json(post.summary), notes=notes)
 
 
-def _history(trial_dir: Path) -> list[dict]:
+def _history(trial) -> list[dict]:
     """Per-epoch metrics: outcome.json of a trial that ran its own evaluation, else the
     checkpoint of one stopped by ASHA (which never wrote an outcome)."""
-    outcome = _read_json(trial_dir / "outcome.json")
+    outcome = _read_json(trial.outcome)
     if outcome is not None:
         return outcome.get("history", [])
-    ckpt = trial_dir / "checkpoint.pt"
+    ckpt = trial.checkpoint
     if ckpt.exists():
         import torch  # only for ASHA-stopped trials; their history lives in the checkpoint
 
@@ -159,16 +172,15 @@ def _history(trial_dir: Path) -> list[dict]:
 
 def load_samples(study: Study, trial_id: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(images uint8 (N, 28, 28), labels (N,)) of a trial's evaluation samples, or None."""
-    f = study.path / "trials" / trial_id / "samples.npz"
+    f = study.layout.trial(trial_id).samples
     if not f.exists():
         return None
     with np.load(f, allow_pickle=False) as z:
         return z["images"], z["labels"]
 
 
-def load_npz(study: Study, name: str) -> dict | None:
-    """A post-study array file (trajectory.npz, real_digits.npz) as a dict, or None."""
-    f = study.path / POST_DIR / name
+def load_npz(f: Path) -> dict | None:
+    """A post-study array file (study.layout.post.trajectory, ...) as a dict, or None."""
     if not f.exists():
         return None
     with np.load(f, allow_pickle=False) as z:
@@ -184,6 +196,6 @@ def sample_picks(study: Study, trial_id: str) -> dict[str, np.ndarray]:
         s = s[s["trial_id"].astype(str) == str(trial_id)].sort_values("index")
         if "clip_score" in s and s["clip_score"].notna().any():
             out["CLIP"] = s["clip_score"].to_numpy()
-    with np.load(study.path / "trials" / str(trial_id) / "samples.npz") as z:
+    with np.load(study.layout.trial(trial_id).samples) as z:
         out["judge"] = z["judge_conf"]
     return out

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 
 from analysis.results import Study
-from study.results import pareto_front
 
 #: Cost axes of the cost-vs-quality views: measured training seconds, and training compute.
 COSTS = {"train_cost_s": "training seconds",
@@ -20,13 +19,26 @@ COSTS = {"train_cost_s": "training seconds",
 QUALITY_LABELS = {"clip_top": "CLIP-top-k score", "judge_acc": "judge accuracy",
                   "frechet": "Fréchet distance (judge features)", "clip_all": "CLIP score (all)",
                   "judge_conf": "judge confidence", "quality": "quality"}
-SEARCHED = ("depth", "width", "lr", "guidance")
-FRONT_COLUMNS = ["trial_id", "depth", "width", "lr", "guidance", "quality", "judge_acc",
-                 "clip_top", "frechet", "train_cost_s", "train_gflops", "params"]
+#: Front columns beside the study's searched axes (Study.axes).
+FRONT_METRICS = ["quality", "judge_acc", "clip_top", "frechet", "train_cost_s", "train_gflops",
+                 "params"]
 
 __all__ = ["pareto_front", "qualities", "fronts", "front_table", "total_cost", "failures",
            "importances", "per_digit_long", "selection_gain", "reference_table",
-           "to_markdown", "COSTS", "QUALITY_LABELS", "SEARCHED"]
+           "to_markdown", "COSTS", "QUALITY_LABELS"]
+
+
+def pareto_front(df: pd.DataFrame, quality: str = "quality", cost: str = "train_cost_s",
+                 ) -> pd.DataFrame:
+    """Rows not dominated by any other (higher quality and lower cost; ties are kept)."""
+    ok = df.dropna(subset=[quality, cost])
+    keep = []
+    for i, r in ok.iterrows():
+        dominated = ((ok[quality] >= r[quality]) & (ok[cost] <= r[cost])
+                     & ((ok[quality] > r[quality]) | (ok[cost] < r[cost]))).any()
+        if not dominated:
+            keep.append(i)
+    return ok.loc[keep].sort_values(cost)
 
 
 def qualities(study: Study) -> list[str]:
@@ -43,7 +55,8 @@ def front_table(study: Study) -> pd.DataFrame:
     """The study's headline front (quality vs training seconds) over first-seed trials."""
     df = study.ok
     first_seed = df[df["confirm_of"].isna()]
-    cols = [c for c in FRONT_COLUMNS if c in df and (c != "clip_top" or study.clip_enabled)]
+    cols = [c for c in ["trial_id", *study.axes, *FRONT_METRICS]
+            if c in df and (c != "clip_top" or study.clip_enabled)]
     return pareto_front(first_seed, "quality", "train_cost_s")[cols]
 
 
@@ -59,11 +72,12 @@ def total_cost(df: pd.DataFrame) -> dict:
             "eval_s": total("eval_s"), "train_gflops": total("train_gflops")}
 
 
-def failures(df: pd.DataFrame) -> pd.DataFrame:
-    """Failed trials and trials stopped before their budget, with the reason."""
+def failures(df: pd.DataFrame, axes=("depth", "width", "lr", "guidance")) -> pd.DataFrame:
+    """Failed trials and trials stopped before their budget, with the reason and their axes."""
     stopped = (df["status"] != "ok") | (df["stop_reason"].fillna("") != "completed")
-    out = df.loc[stopped, ["trial_id", "status", "stop_reason", "error", "depth", "width", "lr",
-                           "guidance", "epochs_run"]].copy()
+    cols = ["trial_id", "status", "stop_reason", "error", *[a for a in axes if a in df],
+            "epochs_run"]
+    out = df.loc[stopped, cols].copy()
     out["error"] = out["error"].fillna("")
     return out.reset_index(drop=True)
 

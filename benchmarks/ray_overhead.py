@@ -49,6 +49,7 @@ def main(argv=None) -> None:
     from ray import train
     from ray.train.torch import TorchTrainer
 
+    from study.spec import Sizing
     from study.trial import trainer_sizing
 
     threads = a.threads or torch.get_num_threads()
@@ -74,7 +75,7 @@ def main(argv=None) -> None:
             t0 = time.perf_counter()
             result = TorchTrainer(
                 ray_worker, train_loop_config={"trial": cfg.to_dict(), "threads": threads},
-                **trainer_sizing(1, gpu, threads),
+                **trainer_sizing(1, Sizing(1, threads, 1.0 if gpu else 0.0)),
                 run_config=train.RunConfig(name="ray-overhead", storage_path=tmp),
             ).fit()
             wall = time.perf_counter() - t0

@@ -91,11 +91,12 @@ def concurrent(k: int, gpu: bool, storage: str, label: str) -> None:
     """K trainers started at once from K tasks: the study's situation when trials start together."""
     import ray
 
+    from study.spec import Sizing
     from study.trial import trainer_sizing, worker_env
 
     launch = ray.remote(num_cpus=0.01)(one_run)
-    sizing = trainer_sizing(1, gpu, 1, gpus_per_worker=1 / k)
-    rows = ray.get([launch.remote(sizing, worker_env(1), storage,
+    share = Sizing(k, 1, 1 / k if gpu else 0.0)
+    rows = ray.get([launch.remote(trainer_sizing(1, share), worker_env(share), storage,
                                   f"startup-{_tag(gpu)}-x{k}-{i}", timeline=False)
                     for i in range(k)])
     for i, r in enumerate(rows):
@@ -121,6 +122,7 @@ def main(argv=None) -> None:
     import torch
 
     from benchmarks.common import machine
+    from study.spec import Sizing
     from study.trial import trainer_sizing, worker_env
 
     if a.gpu and not torch.cuda.is_available():
@@ -134,7 +136,8 @@ def main(argv=None) -> None:
                 label = "GPU worker (nccl)" if gpu else "CPU worker (gloo)"
                 rows = []
                 for i in range(a.runs):
-                    rows.append(one_run(trainer_sizing(1, gpu, 1), worker_env(1), tmp,
+                    sizing = Sizing(1, 1, 1.0 if gpu else 0.0)
+                    rows.append(one_run(trainer_sizing(1, sizing), worker_env(sizing), tmp,
                                         f"startup-{_tag(gpu)}-{i}"))
                     print(f"{label} run {i + 1}: worker function entered at "
                           f"+{rows[-1]['worker function entered']:.2f} s", flush=True)

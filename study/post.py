@@ -33,9 +33,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from study.layout import StudyLayout
 from study.results import read_results
+from study.spec import StudyRecord
+from trainables.data import DIGITS
 
-ANALYSIS_DIR = "analysis"
 GUIDANCE_VALUES = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
 RECOGNISED = 0.5  # judge confidence in the requested digit that counts as "recognisable"
 TRAJECTORY_COLUMNS = 8  # reverse steps kept as images in trajectory.npz
@@ -84,42 +86,35 @@ def post_study(study_dir: Path, top_n: int = 2,
     """Write the guidance sweep, sample scores and reverse-trajectory inputs of the report."""
     import torch
 
-    from trainables.config import TrialConfig
-    from trainables.data import load_splits
     from trainables.diffusion import Schedule
-    from trainables.evaluate import EvalConfig, evaluate_model
-    from trainables.judge import Judge
+    from trainables.eval_tools import EvalTools
+    from trainables.evaluate import evaluate_model
     from trainables.sample import generate, load_samples, to_uint8
     from trainables.train_loop import load_checkpoint
 
-    study_dir = Path(study_dir)
-    setup = json.loads((study_dir / "study.json").read_text())
-    df = read_results(study_dir)
-    out = study_dir / ANALYSIS_DIR
-    out.mkdir(exist_ok=True)
+    layout = StudyLayout(Path(study_dir))
+    spec = StudyRecord.load(layout).spec
+    df = read_results(layout.root)
+    post = layout.post
+    post.root.mkdir(exist_ok=True)
     t0 = time.perf_counter()
 
-    judge = Judge.from_state(torch.load(study_dir / "judge.pt", weights_only=True))
-    clip = None
-    if setup.get("clip") is not None:
-        from trainables.clip_score import ClipConfig, ClipScorer
-
-        clip = ClipScorer.load(ClipConfig(**setup["clip"]))
-    real = load_splits(TrialConfig.from_dict(setup["base"]).data).val
-    ecfg = EvalConfig(**setup["eval"])
-    _save_real_digits(out / "real_digits.npz", real, to_uint8)
+    tools = EvalTools.load(torch.load(layout.judge, weights_only=True), spec.clip,
+                           spec.base.data)
+    judge, clip, real, ecfg = tools.judge, tools.clip, tools.real, spec.evaluation
+    _save_real_digits(post.real_digits, real, to_uint8)
 
     sweep, scores, recognisable = [], [], []
     ids = best_trials(df, top_n)
     for rank, trial_id in enumerate(ids):
         row = df[df["trial_id"] == trial_id].iloc[0]
-        cfg, _, ema, _ = load_checkpoint(study_dir / row["checkpoint_path"])
+        cfg, _, ema, _ = load_checkpoint(layout.root / row["checkpoint_path"])
         for w in guidance_values:
             m = evaluate_model(ema, cfg, judge, clip, real, None, ecfg, guidance=float(w))
             sweep.append({"trial_id": trial_id, "trained_guidance": cfg.sample.guidance, **m})
 
         # Per-sample scores of the trial's own evaluation samples (fixed evaluation noise)
-        images, labels, _ = load_samples(study_dir / row["samples_path"])
+        images, labels, _ = load_samples(layout.root / row["samples_path"])
         probs = judge.probs(images)
         s = pd.DataFrame({"trial_id": trial_id, "index": np.arange(len(labels)),
                           "label": labels.numpy(),
@@ -131,7 +126,7 @@ def post_study(study_dir: Path, top_n: int = 2,
 
         # Reverse trajectory with the trial's own sampler and w, scored by the judge per step
         sc = cfg.sample
-        _, traj_labels, traj = generate(ema, Schedule.from_config(cfg.diffusion), range(10),
+        _, traj_labels, traj = generate(ema, Schedule.from_config(cfg.diffusion), DIGITS,
                                         ecfg.n_per_digit, sc.guidance, sc.sampler, sc.steps,
                                         sc.eta, seed=ecfg.seed, return_trajectory=True)
         conf = np.stack([judge.probs(x).gather(1, traj_labels[:, None]).squeeze(1).numpy()
@@ -139,18 +134,18 @@ def post_study(study_dir: Path, top_n: int = 2,
         recognisable += [{**r, "sampler": sc.sampler}
                          for r in recognisable_table(trial_id, conf, traj_labels.numpy())]
         if rank == 0:
-            _save_trajectory(out / "trajectory.npz", trial_id, traj, traj_labels, conf,
+            _save_trajectory(post.trajectory, trial_id, traj, traj_labels, conf,
                              to_uint8)
 
-    _write(out / "guidance_sweep.csv", pd.DataFrame(sweep))
-    _write(out / "sample_scores.csv", pd.concat(scores) if scores else pd.DataFrame())
-    _write(out / "recognisable_steps.csv", pd.DataFrame(recognisable))
+    _write(post.guidance_sweep, pd.DataFrame(sweep))
+    _write(post.sample_scores, pd.concat(scores) if scores else pd.DataFrame())
+    _write(post.recognisable, pd.DataFrame(recognisable))
     seconds = time.perf_counter() - t0
-    (out / "post.json").write_text(json.dumps({
+    post.summary.write_text(json.dumps({
         "trials": ids, "guidance_values": [float(w) for w in guidance_values],
         "seconds": seconds, "recognised_threshold": RECOGNISED}, indent=1))
     print(f"post-study: guidance sweep ({len(guidance_values)} values) and reverse trajectories "
-          f"for {len(ids)} trial(s) in {seconds:.0f}s -> {out}", flush=True)
+          f"for {len(ids)} trial(s) in {seconds:.0f}s -> {post.root}", flush=True)
 
 
 def _write(path: Path, df: pd.DataFrame) -> None:
@@ -158,7 +153,7 @@ def _write(path: Path, df: pd.DataFrame) -> None:
 
 
 def _save_real_digits(path: Path, real, to_uint8) -> None:
-    idx = [int(np.flatnonzero(real.labels.numpy() == d)[0]) for d in range(10)
+    idx = [int(np.flatnonzero(real.labels.numpy() == d)[0]) for d in DIGITS
            if (real.labels == d).any()]
     np.savez_compressed(path, images=to_uint8(real.images[idx]), labels=real.labels[idx].numpy())
 
@@ -180,7 +175,7 @@ def _save_trajectory(path: Path, trial_id: str, traj, labels, conf: np.ndarray,
 
 def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not (Path(args[0]) / "study.json").exists():
+    if len(args) != 1 or not StudyLayout(Path(args[0])).exists():
         print("usage: python -m study.post runs/<name>  (a study directory with study.json)",
               file=sys.stderr)
         return 2

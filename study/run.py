@@ -20,18 +20,21 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python study/run.py` from a checkout
     sys.path.insert(0, str(ROOT))
 
-from study.search_space import PRESETS  # noqa: E402
+from study.errors import UsageError  # noqa: E402
+from study.layout import StudyLayout  # noqa: E402
+from study.presets import PRESETS  # noqa: E402
+from study.spec import Sizing, StudyRecord, StudySpec, size_trials  # noqa: E402
+from trainables.clip_score import ClipConfig  # noqa: E402
+from trainables.config import TrialConfig  # noqa: E402
 from trainables.data import DATASETS, default_data_dir, default_dataset  # noqa: E402
-
-
-class UsageError(ValueError):
-    """Bad input: printed as one line, exit status 2, nothing written."""
+from trainables.evaluate import EvalConfig  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,13 +97,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def resolve(args: argparse.Namespace) -> dict:
-    """Validate every input and return the study's resolved settings (study.json), or raise
-    UsageError before anything is written or trained."""
+def build_spec(args: argparse.Namespace) -> StudySpec:
+    """Validate every input and return the study's spec, or raise UsageError before anything
+    is written or trained."""
     import torch
 
-    from study import cluster
-    from trainables.config import TrialConfig
+    from study import storage
 
     # A CPU head node plans for the GPUs its cluster brings up (--gpus; see study/cluster.py).
     cuda = torch.cuda.is_available() or bool(args.gpus)
@@ -121,7 +123,7 @@ def resolve(args: argparse.Namespace) -> dict:
         raise UsageError("--workers-per-trial and --trials-per-gpu must be >= 1, "
                          "--confirm-seeds >= 0")
     local_gpus = torch.cuda.device_count() if cuda and not (args.address or args.cluster) else 0
-    if workers > local_gpus > 0:  # NCCL needs a GPU per DDP worker (see driver.size_trials)
+    if workers > local_gpus > 0:  # NCCL needs a GPU per DDP worker (see spec.size_trials)
         if args.workers_per_trial is not None:
             raise UsageError(f"--workers-per-trial {workers}: each DDP worker needs a GPU of its "
                              f"own and this machine has {local_gpus}")
@@ -130,10 +132,10 @@ def resolve(args: argparse.Namespace) -> dict:
               f"{local_gpus} worker(s)", file=sys.stderr)
         workers = local_gpus
     name = args.name or f"{preset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    cluster.check_storage_path(args.storage_path)
-    study_dir = (cluster.study_root(args.storage_path, args.output_dir) / name).resolve()
-    storage = args.storage or f"sqlite:///{study_dir / 'optuna.db'}"
-    _check_storage_url(storage)
+    storage.check_storage_path(args.storage_path)
+    study_dir = (storage.study_root(args.storage_path, args.output_dir) / name).resolve()
+    optuna_url = args.storage or f"sqlite:///{StudyLayout(study_dir).optuna_db}"
+    _check_storage_url(optuna_url)
 
     base = TrialConfig.from_dict({
         "data": {"dataset": args.dataset, "data_dir": str(Path(args.data_dir).resolve())},
@@ -142,22 +144,16 @@ def resolve(args: argparse.Namespace) -> dict:
                   "max_seconds": preset.max_trial_minutes * 60},
         "sample": {"steps": preset.eval_steps},
     })
-    clip = None if args.no_clip else {"model": args.clip_model,
-                                      "pretrained": args.clip_pretrained,
-                                      "checkpoint": args.clip_checkpoint}
-    return {
-        "name": name, "study_dir": str(study_dir), "preset": preset_name,
-        "num_trials": num_trials, "space": space.to_dict(), "seed": args.seed,
-        "confirm_seeds": args.confirm_seeds, "workers_per_trial": workers,
-        "trials_per_gpu": args.trials_per_gpu, "use_gpu": cuda, "address": args.address,
-        "storage": storage, "base": base.to_dict(), "clip": clip, "gpus": args.gpus,
-        # Tune/Train storage: an object-store URI, or None for <study_dir>/ray
-        "storage_path": cluster.tune_storage(args.storage_path, name),
-        "storage_shared": cluster.is_remote(args.storage_path) or args.shared_fs,
-        "eval": {"n_per_digit": preset.eval_n_per_digit, "top_k": min(3, preset.eval_n_per_digit)},
-        "quality_metric": "judge_acc" if clip is None else "clip_top",
-        "worker_retries": 2,
-    }
+    clip = None if args.no_clip else ClipConfig(args.clip_model, args.clip_pretrained,
+                                                args.clip_checkpoint)
+    return StudySpec(
+        name=name, study_dir=str(study_dir), preset=preset_name, num_trials=num_trials,
+        space=space, base=base, evaluation=EvalConfig(n_per_digit=preset.eval_n_per_digit),
+        clip=clip, seed=args.seed, confirm_seeds=args.confirm_seeds, workers_per_trial=workers,
+        trials_per_gpu=args.trials_per_gpu, use_gpu=cuda, gpus=args.gpus, storage=optuna_url,
+        tune_storage=storage.tune_storage(args.storage_path, name),
+        shared_storage=storage.is_remote(args.storage_path) or args.shared_fs,
+        address=args.address)
 
 
 def _check_storage_url(url: str) -> None:
@@ -171,58 +167,61 @@ def _check_storage_url(url: str) -> None:
                          f"sqlite:///path/optuna.db or postgresql://user@host/db)") from None
 
 
-# What must match for --resume: the settings that define the study's trials.
-_RESUME_KEYS = ("preset", "space", "seed", "base", "clip", "eval", "workers_per_trial",
-                "quality_metric")
-
-
-def prepare(setup: dict, resume: bool) -> dict:
-    """Check data and CLIP, write study.json, train (or load) the judge, score real digits."""
+def local_sizing(spec: StudySpec) -> Sizing | None:
+    """The sizing of a study on a local Ray (None when it attaches to a cluster: sized there)."""
     import torch
 
-    from trainables.config import TrialConfig
+    if spec.address or os.environ.get("RAY_ADDRESS"):
+        return None
+    return size_trials(spec, os.cpu_count() or 1, torch.cuda.device_count())
+
+
+def prepare(spec: StudySpec, sizing: Sizing | None, resume: bool) -> tuple[StudyRecord, dict]:
+    """Check data and CLIP, write study.json, train (or load) the judge, score real digits.
+    Returns the study's record and the judge's state."""
+    import torch
+
     from trainables.data import load_splits
-    from trainables.evaluate import EvalConfig, reference_row
+    from trainables.evaluate import reference_row
     from trainables.judge import load_or_train_judge
 
-    study_dir = Path(setup["study_dir"])
-    setup_file = study_dir / "study.json"
+    layout = spec.layout
     if resume:
-        if not setup_file.exists():
-            raise UsageError(f"--resume: {study_dir} holds no study (no study.json); check "
+        if not layout.exists():
+            raise UsageError(f"--resume: {layout.root} holds no study (no study.json); check "
                              f"--name and --output-dir")
-        old = json.loads(setup_file.read_text())
-        diff = [k for k in _RESUME_KEYS if json.dumps(old.get(k)) != json.dumps(setup.get(k))]
+        saved = StudyRecord.load(layout).spec
+        diff = spec.resume_mismatch(saved)
         if diff:
-            raise UsageError(f"--resume: {study_dir} was made with different {', '.join(diff)}; "
+            raise UsageError(f"--resume: {layout.root} was made with different {', '.join(diff)}; "
                              f"resume with the same options or pick a new --name")
-        setup = {**old, "num_trials": setup["num_trials"], "address": setup["address"]}
-    elif setup_file.exists():
-        raise UsageError(f"{study_dir} already holds a study: pass --resume to continue it, or "
+        spec = replace(saved, **{k: getattr(spec, k) for k in StudySpec.RESUMABLE})
+    elif layout.exists():
+        raise UsageError(f"{layout.root} already holds a study: pass --resume to continue it, or "
                          f"choose another --name")
 
-    base = TrialConfig.from_dict(setup["base"])
-    splits = load_splits(base.data)  # DataError on bad data, before anything is written
+    splits = load_splits(spec.base.data)  # DataError on bad data, before anything is written
     clip = None
-    if setup["clip"] is not None:
-        from trainables.clip_score import ClipConfig, ClipScorer
+    if spec.clip is not None:
+        from trainables.clip_score import ClipScorer
 
-        clip = ClipScorer.load(ClipConfig(**setup["clip"]))  # ClipLoadError before training
+        clip = ClipScorer.load(spec.clip)  # ClipLoadError before training
     print(f"data: {splits.description}")
     print("quality: " + ("CLIP-top-3 with " + clip.description if clip else
                          "CLIP DISABLED (--no-clip): quality = judge conditional accuracy; "
                          "CLIP columns are absent"), flush=True)
 
-    study_dir.mkdir(parents=True, exist_ok=True)
+    layout.root.mkdir(parents=True, exist_ok=True)
     judge = load_or_train_judge(splits)
-    torch.save(judge.state(), study_dir / "judge.pt")
-    ref = reference_row(splits.val, judge, clip, EvalConfig(**setup["eval"]))
-    (study_dir / "reference.json").write_text(json.dumps(ref, indent=1))
-    setup = {**setup, "judge_val_acc": judge.val_acc, "data_description": splits.description,
-             "clip_description": clip.description if clip else None,
-             "versions": _versions(), "machine": _machine()}
-    setup_file.write_text(json.dumps(setup, indent=1))
-    return {**setup, "judge": judge.state()}
+    torch.save(judge.state(), layout.judge)
+    ref = reference_row(splits.val, judge, clip, spec.evaluation)
+    layout.reference.write_text(json.dumps(ref, indent=1))
+    record = StudyRecord(spec, sizing, {
+        "judge_val_acc": judge.val_acc, "data_description": splits.description,
+        "clip_description": clip.description if clip else None,
+        "versions": _versions(), "machine": _machine()})
+    record.save(layout)
+    return record, judge.state()
 
 
 def _versions() -> dict:
@@ -251,33 +250,36 @@ def main(argv=None) -> int:
         # A local Ray binds its GCS, raylet and agents to all interfaces unless it believes it
         # cannot form a cluster; this (read when Ray is imported, below) keeps them on 127.0.0.1.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from study import cluster
+    from study import jobs, storage
     from trainables.clip_score import ClipLoadError
     from trainables.data import DataError
 
-    remote = cluster.is_remote(args.storage_path)
+    remote = storage.is_remote(args.storage_path)
     try:
-        if args.cluster or cluster.is_jobs_url(args.address):  # submit to a cluster
-            config = cluster.load_cluster_config(args.cluster) if args.cluster else None
+        if args.cluster or jobs.is_jobs_url(args.address):  # submit to a cluster
+            from study.cluster import load_cluster_config
+
+            config = load_cluster_config(args.cluster) if args.cluster else None
             args.name = args.name or f"{args.preset or 'study'}-{time.strftime('%Y%m%d-%H%M%S')}"
-            resolve(args)  # the study's options are checked here, before any cloud cost
-            return cluster.submit(argv, name=args.name, output_dir=args.output_dir,
-                                  storage_path=args.storage_path, shared_fs=args.shared_fs,
-                                  config=config, address=args.address, gpus=args.gpus)
-        setup = resolve(args)
+            build_spec(args)  # the study's options are checked here, before any cloud cost
+            return jobs.submit(argv, name=args.name, output_dir=args.output_dir,
+                               storage_path=args.storage_path, shared_fs=args.shared_fs,
+                               config=config, address=args.address, gpus=args.gpus)
+        spec = build_spec(args)
+        sizing = local_sizing(spec)  # a study that cannot fit fails here, before any file
         if remote and args.resume:
-            cluster.pull_study(args.storage_path, setup["name"], Path(setup["study_dir"]))
-        setup = prepare(setup, args.resume)
-    except (UsageError, cluster.ClusterError, DataError, ClipLoadError, ValueError) as e:
+            storage.pull_study(args.storage_path, spec.name, spec.layout.root)
+        record, judge = prepare(spec, sizing, args.resume)
+    except (UsageError, DataError, ClipLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from study.driver import run_study
 
     try:
-        return run_study(setup, resume=args.resume)
+        return run_study(record, judge, resume=args.resume)
     finally:
         if remote:  # Tune's state is there already; results, Optuna db, trials/ follow
-            cluster.push_study(Path(setup["study_dir"]), args.storage_path, setup["name"])
+            storage.push_study(record.spec.layout.root, args.storage_path, record.spec.name)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,14 @@ Finalizer evaluates them from their checkpoints.
 """
 
 import sys
-from pathlib import Path
 
 from ray import train, tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from study import driver
-from study.run import parse_args, prepare, resolve
-from study.trial import COST, QUALITY, describe, trial_config
+from study.run import build_spec, local_sizing, parse_args, prepare
+from study.search_space import apply, hyperparameters
 
 
 def light_worker(config: dict) -> None:
@@ -32,38 +31,36 @@ def light_worker(config: dict) -> None:
         probe=lambda ema: {"judge_acc": score})
 
 
-def light_trial(params: dict, setup: dict) -> None:
+def light_trial(params: dict, spec, sizing, judge, finished=None) -> None:
+    """Reports what study.trial.run_trial reports: the last epoch's measurements, the stop
+    reason and the evaluation (here the probe's score stands for the judge's accuracy)."""
     trial_id = tune.get_context().get_trial_id()
-    started = Path(setup["study_dir"]) / "started"
+    started = spec.layout.root / "started"
     started.mkdir(exist_ok=True)
     score = 1 / (1 + len(list(started.iterdir())))
     (started / trial_id).touch()
-    cfg = trial_config(setup["base"], params)
+    cfg = apply(hyperparameters(params), spec.base)
     result = TorchTrainer(
         light_worker, train_loop_config={"trial": cfg.to_dict(), "score": score},
         scaling_config=train.ScalingConfig(
-            num_workers=1, resources_per_worker={"CPU": setup["cpus_per_worker"]}),
-        run_config=train.RunConfig(name=f"queue_train_{trial_id}",
-                                   storage_path=setup["storage_path"],
+            num_workers=1, resources_per_worker={"CPU": sizing.cpus_per_worker}),
+        run_config=train.RunConfig(name=f"queue_train_{trial_id}", storage_path=spec.tune_path,
                                    callbacks=[TuneReportCallback()]),
     ).fit()
-    tune.report({"trial_id": trial_id, **describe(cfg), "status": "ok", "final": True,
-                 "stop_reason": "completed", "epochs_run": result.metrics["epoch"],
-                 "train_seconds": result.metrics["train_seconds"],
-                 "quality_metric": setup["quality_metric"], QUALITY: score,
-                 COST: result.metrics["train_seconds"]})
+    tune.report({**result.metrics, "final": True, "stop_reason": "completed",
+                 spec.quality_metric: score})
 
 
 def main(out: str) -> None:
     args = parse_args(["--preset", "smoke", "--dataset", "digits", "--no-clip",
                        "--num-trials", "4", "--epochs", "2", "--workers-per-trial", "1",
                        "--name", "queue", "--output-dir", out])
-    setup = prepare(resolve(args), resume=False)
+    spec = build_spec(args)
+    sizing = local_sizing(spec)
+    record, judge = prepare(spec, sizing, resume=False)
     driver.init_ray(None)
     try:
-        setup = driver.size_trials(setup)
-        driver.record_sizing(setup)
-        driver.make_tuner(setup, run=light_trial).fit()
+        driver.make_tuner(spec, sizing, judge, run=light_trial).fit()
     finally:
         driver.ray.shutdown()
 

@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fake_study import fake_scores, fake_study
 from matplotlib.figure import Figure
 
 from analysis import charts, pictures, tables
 from analysis.report import SECTIONS, build_report
-from analysis.results import CLIP_COLUMNS, load_study
+from analysis.results import load_study
 from study.post import first_pass_steps, recognisable_table
-from study.results import COLUMNS
+from study.rows import COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "analysis" / "cost_vs_quality.ipynb"
@@ -125,18 +126,6 @@ def test_guidance_curves_chart():
     _png(fig)
 
 
-def _scores(clip: bool) -> pd.DataFrame:
-    rng = np.random.default_rng(1)
-    n = 40
-    s = pd.DataFrame({"trial_id": np.repeat(["a", "b"], n), "index": np.tile(np.arange(n), 2),
-                      "label": np.tile(np.repeat(np.arange(10), 4), 2),
-                      "judge_conf": rng.uniform(size=2 * n),
-                      "judge_pred": rng.integers(0, 10, 2 * n)})
-    if clip:
-        s["clip_score"] = rng.uniform(18, 30, 2 * n)
-    return s
-
-
 @pytest.mark.parametrize("clip", [True, False])
 def test_per_digit_and_selection_gain_charts(clip):
     long = pd.DataFrame({"trial_id": np.repeat(["real", "a"], 10), "digit": np.tile(range(10), 2),
@@ -146,7 +135,7 @@ def test_per_digit_and_selection_gain_charts(clip):
     fig = charts.per_digit_chart(long, ["judge_acc", "judge_conf", "clip_top"])
     assert len([a for a in fig.axes if a.get_title()]) == (3 if clip else 2)
     _png(fig)
-    gain = tables.selection_gain(_scores(clip), k=3)
+    gain = tables.selection_gain(fake_scores(clip), k=3)
     assert len(gain) == 20 and (gain["judge_acc_top"] >= 0).all()
     assert ("clip_gain" in gain) == clip and (not clip or (gain["clip_gain"] >= 0).all())
     _png(charts.selection_gain_chart(gain, 3, 4))
@@ -184,59 +173,6 @@ def test_markdown_table():
 
 # --- Reports of hand-made study directories --------------------------------------------------
 
-def _fake_study(root: Path, clip: bool, ok: bool = True, drop_clip_columns: bool = False) -> Path:
-    """A study directory written by hand: an ok trial (samples, per-digit table, history)
-    unless `ok` is False, a failed trial and an early-stopped one."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
-    rows = [{"trial_id": "bad1", "status": "failed", "stop_reason": "error",
-             "error": "RuntimeError: CUDA out of memory (boom)", "depth": 3, "width": 64,
-             "lr": 3e-3, "guidance": 4.0, "confirm_of": None}]
-    if ok:
-        base = {"status": "ok", "depth": 2, "width": 8, "confirm_of": None, "params": 1000,
-                "forward_gflops": 0.01, "images_seen": 1000, "train_gflops": 30.0,
-                "trial_wall_s": 20.0, "workers": 1, "epochs_run": 2}
-        for tid, reason, q in (("good", "completed", 0.6), ("early", "early_stop", 0.4)):
-            row = {**base, "trial_id": tid, "stop_reason": reason, "lr": 1e-3 * (1 + q),
-                   "guidance": 2.0, "quality": q, "judge_acc": q, "judge_conf": q,
-                   "frechet": 100 * (1 - q), "train_cost_s": 10 * q, "train_seconds": 10 * q,
-                   "samples_path": f"trials/{tid}/samples.npz"}
-            if clip:
-                row.update(clip_top=25 * q, clip_all=20 * q, clip_gain=5 * q)
-                row["quality"] = row["clip_top"]
-            rows.append(row)
-            tdir = root / "trials" / tid
-            tdir.mkdir(parents=True)
-            labels = np.repeat(np.arange(10), 4)
-            np.savez_compressed(tdir / "samples.npz",
-                                images=rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
-                                labels=labels, config=np.array("{}"),
-                                judge_conf=rng.uniform(size=40).astype(np.float32))
-            per_digit = pd.DataFrame({"digit": range(10), "judge_acc": rng.uniform(size=10),
-                                      "judge_conf": rng.uniform(size=10)})
-            if clip:
-                per_digit["clip_top"] = rng.uniform(20, 30, 10)
-            per_digit.to_csv(tdir / "per_digit.csv", index=False)
-            history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "lr": 1e-3,
-                        "probe_judge_acc": 0.2 * e} for e in (1, 2)]
-            (tdir / "outcome.json").write_text(json.dumps({"metrics": {}, "history": history}))
-    df = pd.DataFrame(rows).reindex(columns=COLUMNS)
-    if drop_clip_columns:
-        df = df.drop(columns=list(CLIP_COLUMNS))
-    df.to_csv(root / "results.csv", index=False)
-    setup = {"name": root.name, "quality_metric": "clip_top" if clip else "judge_acc",
-             "clip": {"model": "tiny"} if clip else None, "eval": {"n_per_digit": 4, "top_k": 3},
-             "base": {"diffusion": {"timesteps": 50, "schedule": "linear"}},
-             "versions": {"python": "3.x"}, "machine": {"cpus": 2}}
-    (root / "study.json").write_text(json.dumps(setup))
-    if clip and ok:
-        scores = _scores(clip=True)
-        scores["trial_id"] = scores["trial_id"].map({"a": "good", "b": "early"})
-        (root / "analysis").mkdir()
-        scores.to_csv(root / "analysis" / "sample_scores.csv", index=False)
-    return root
-
-
 def _check_page(index: Path) -> str:
     page = index.read_text()
     for sid, title in SECTIONS:
@@ -249,7 +185,7 @@ def _check_page(index: Path) -> str:
 
 
 def test_report_of_failed_trials_without_clip_columns(tmp_path):
-    study_dir = _fake_study(tmp_path / "nocl", clip=False, drop_clip_columns=True)
+    study_dir = fake_study(tmp_path / "nocl", clip=False, drop_clip_columns=True)
     study = load_study(study_dir)
     assert not study.clip_enabled and study.results["clip_top"].isna().all()
     page = _check_page(build_report(study_dir))
@@ -263,7 +199,7 @@ def test_report_of_failed_trials_without_clip_columns(tmp_path):
 
 
 def test_report_with_clip_shows_clip_views(tmp_path):
-    study_dir = _fake_study(tmp_path / "cl", clip=True)
+    study_dir = fake_study(tmp_path / "cl", clip=True)
     page = _check_page(build_report(study_dir))
     assert "CLIP DISABLED" not in page
     assert "top 3 by" in page or "top3_good.png" in page
@@ -272,7 +208,7 @@ def test_report_with_clip_shows_clip_views(tmp_path):
 
 
 def test_report_when_every_trial_failed(tmp_path):
-    study_dir = _fake_study(tmp_path / "allbad", clip=False, ok=False)
+    study_dir = fake_study(tmp_path / "allbad", clip=False, ok=False)
     page = _check_page(build_report(study_dir))
     assert "No successful trial" in page
     assert "no successful trial" in (study_dir / "report" / "summary.md").read_text()
@@ -282,7 +218,7 @@ def test_report_of_a_study_with_no_finished_trial(tmp_path):
     study_dir = tmp_path / "fresh"
     study_dir.mkdir()
     pd.DataFrame(columns=COLUMNS).to_csv(study_dir / "results.csv", index=False)
-    (study_dir / "study.json").write_text(json.dumps({"name": "fresh", "clip": None}))
+    (study_dir / "study.json").write_text(json.dumps({"spec": {"name": "fresh", "clip": None}}))
     page = _check_page(build_report(study_dir))
     assert "No trial has finished yet" in page and "No successful trial" in page
 

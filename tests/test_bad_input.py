@@ -7,7 +7,6 @@ in test_cluster.py, CLIP checkpoint-format cases in test_clip_score.py.
 """
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -19,7 +18,8 @@ import numpy as np
 import pytest
 from conftest import write_idx
 
-from study.run import main, parse_args, resolve
+from study.run import build_spec, main, parse_args
+from study.spec import StudyRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ["--preset", "smoke", "--dataset", "digits", "--no-clip"]
@@ -41,10 +41,10 @@ def runs(tmp_path, monkeypatch):
     fake_driver.run_study = lambda *a, **k: pytest.fail("bad input reached the study driver")
     monkeypatch.setitem(sys.modules, "study.driver", fake_driver)
     out = tmp_path / "runs"
-    setup = resolve(parse_args([*BASE, "--name", "old", "--output-dir", str(out)]))
+    spec = build_spec(parse_args([*BASE, "--name", "old", "--output-dir", str(out)]))
     old = out / "old"
     (old / "trials" / "t1").mkdir(parents=True)
-    (old / "study.json").write_text(json.dumps(setup))
+    StudyRecord(spec).save(spec.layout)
     (old / "results.csv").write_text("trial_id,status\nt1,ok\n")
     (old / "trials" / "t1" / "checkpoint.pt").write_bytes(b"weights")
     return out
@@ -164,13 +164,13 @@ def test_one_gpu_machine_runs_the_smoke_presets_ddp_trials_on_one_worker(tmp_pat
     (with a note), and asking for 2 explicitly is a usage error."""
     import torch
 
-    from study.run import UsageError
+    from study.errors import UsageError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     args = [*BASE, "--output-dir", str(tmp_path)]
-    setup = resolve(parse_args([*args, "--name", "a"]))
-    assert setup["workers_per_trial"] == 1 and setup["use_gpu"]
+    spec = build_spec(parse_args([*args, "--name", "a"]))
+    assert spec.workers_per_trial == 1 and spec.use_gpu
     assert "this machine has 1" in capsys.readouterr().err
     with pytest.raises(UsageError, match="--workers-per-trial 2: each DDP worker needs a GPU"):
-        resolve(parse_args([*args, "--name", "b", "--workers-per-trial", "2"]))
+        build_spec(parse_args([*args, "--name", "b", "--workers-per-trial", "2"]))

@@ -22,7 +22,8 @@ import pytest
 import requests
 import yaml
 
-from study import cluster
+from study import cluster, jobs, storage
+from study.errors import ClusterError
 from study.results import read_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,23 +140,23 @@ def test_unreachable_address_is_one_line(tmp_path):
 def test_job_argv_drops_client_options():
     argv = ["--cluster", "c.yaml", "--preset", "gpu", "--output-dir=/here", "--address",
             "http://h:8265", "--name", "old", "--storage-path", "s3://b/r"]
-    assert cluster.job_argv(argv, "new", 4) == [
+    assert jobs.job_argv(argv, "new", 4) == [
         "--preset", "gpu", "--storage-path", "s3://b/r", "--name", "new", "--gpus", "4"]
 
 
 def test_storage_path_kinds():
-    assert cluster.is_remote("s3://bucket/runs") and cluster.is_remote("gs://bucket/runs")
-    assert not cluster.is_remote("/mnt/nfs/runs") and not cluster.is_remote(None)
-    assert cluster.tune_storage("s3://bucket/runs/", "n") == "s3://bucket/runs/n/ray"
-    assert cluster.tune_storage("/mnt/nfs/runs", "n") is None
-    assert cluster.study_root("/mnt/nfs", Path("runs")) == Path("/mnt/nfs")
-    assert cluster.study_root("s3://b/r", Path("runs")) == Path("runs")
-    with pytest.raises(cluster.ClusterError, match="s3:// or gs://"):
-        cluster.check_storage_path("ftp://host/runs")
-    cluster.refuse_node_local("s3://b/r", False, "2 nodes")
-    cluster.refuse_node_local("/mnt/nfs", True, "2 nodes")
-    with pytest.raises(cluster.ClusterError, match="node-local, but 2 nodes"):
-        cluster.refuse_node_local("/tmp/x", False, "2 nodes")
+    assert storage.is_remote("s3://bucket/runs") and storage.is_remote("gs://bucket/runs")
+    assert not storage.is_remote("/mnt/nfs/runs") and not storage.is_remote(None)
+    assert storage.tune_storage("s3://bucket/runs/", "n") == "s3://bucket/runs/n/ray"
+    assert storage.tune_storage("/mnt/nfs/runs", "n") is None
+    assert storage.study_root("/mnt/nfs", Path("runs")) == Path("/mnt/nfs")
+    assert storage.study_root("s3://b/r", Path("runs")) == Path("runs")
+    with pytest.raises(ClusterError, match="s3:// or gs://"):
+        storage.check_storage_path("ftp://host/runs")
+    storage.refuse_node_local("s3://b/r", False, "2 nodes")
+    storage.refuse_node_local("/mnt/nfs", True, "2 nodes")
+    with pytest.raises(ClusterError, match="node-local, but 2 nodes"):
+        storage.refuse_node_local("/tmp/x", False, "2 nodes")
 
 
 def test_push_and_pull_study_round_trip(tmp_path):
@@ -167,11 +168,11 @@ def test_push_and_pull_study_round_trip(tmp_path):
     (study / "ray").mkdir()
     (study / "ray" / "stale").write_text("Tune's state lives in the store already")
     store = f"file://{tmp_path / 'store'}"
-    cluster.push_study(study, store, "s")
+    storage.push_study(study, store, "s")
     assert (tmp_path / "store" / "s" / "trials" / "t1" / "samples.npz").read_bytes() == b"npz"
     assert not (tmp_path / "store" / "s" / "ray").exists()
     back = tmp_path / "back"
-    assert cluster.pull_study(store, "s", back) and not cluster.pull_study(store, "none", back)
+    assert storage.pull_study(store, "s", back) and not storage.pull_study(store, "none", back)
     assert (back / "results.csv").read_text() == "trial_id\nt1\n"
 
 
@@ -216,7 +217,7 @@ def _wait(check, what: str, procs, timeout_s=90):
         try:
             if check():
                 return
-        except (requests.RequestException, cluster.ClusterError, KeyError):
+        except (requests.RequestException, ClusterError, KeyError):
             pass
         time.sleep(1)
     raise TimeoutError(what)
@@ -234,7 +235,7 @@ def two_nodes():
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # the job's `python`
     procs = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_TOKEN_PATH", str(token_file))  # for cluster.api_get in this process
+        mp.setenv("RAY_AUTH_TOKEN_PATH", str(token_file))  # for jobs.api_get in this process
         mp.delenv("RAY_AUTH_TOKEN", raising=False)
         try:
             yield from _two_nodes(tmp, env, token_file, procs)
@@ -265,7 +266,7 @@ def _two_nodes(tmp: Path, env: dict, token_file: Path, procs: list):
                              '--resources={"trainer": 1}',
                              f"--dashboard-agent-listen-port={free_port()}",
                              f"--temp-dir={tmp / f'ray-{tag}'}"], env, tmp / f"{tag}.log"))
-        _wait(lambda: len(cluster.alive_nodes(url)) == 2, "two alive nodes", procs)
+        _wait(lambda: len(jobs.alive_nodes(url)) == 2, "two alive nodes", procs)
         return procs[-1]
 
     yield SimpleNamespace(url=url, env=env, headers=headers, tmp=tmp, worker=start_worker(),
@@ -307,7 +308,7 @@ def test_study_job_spans_both_nodes_survives_losing_one_and_comes_back(two_nodes
                 "--storage-path", str(shared), "--shared-fs", "--output-dir", str(fetched),
                 "--name", "two", "--epochs", "5", *SMOKE], two_nodes.env, timeout_s=600)
     first = run.until(r"\[two_train_(\w+?)_d\d+w\d+\] epoch +1 ")[1]
-    lost = cluster.alive_nodes(two_nodes.url)
+    lost = jobs.alive_nodes(two_nodes.url)
     node = two_nodes.procs.index(two_nodes.worker)
     _stop([two_nodes.procs.pop(node)])  # SIGTERM its processes, then SIGKILL what is left
     two_nodes.worker = two_nodes.start_worker("w2")
@@ -329,20 +330,20 @@ def test_study_job_spans_both_nodes_survives_losing_one_and_comes_back(two_nodes
     assert (study / "ray" / "two").is_dir()  # Tune's state, written to the shared path
 
     # The dashboard's HTTP API, with the token: the job, the nodes, and where workers ran.
-    jobs = requests.get(two_nodes.url + "/api/jobs/", headers=two_nodes.headers,
-                        timeout=30).json()
-    job = next(j for j in jobs if (j.get("metadata") or {}).get("study") == "two")
+    listed = requests.get(two_nodes.url + "/api/jobs/", headers=two_nodes.headers,
+                          timeout=30).json()
+    job = next(j for j in listed if (j.get("metadata") or {}).get("study") == "two")
     assert job["status"] == "SUCCEEDED" and job["submission_id"].startswith("study-two-")
     assert job["entrypoint"].startswith("python study/run.py") and "--address" not in \
         job["entrypoint"] and "--output-dir" not in job["entrypoint"]
-    nodes = cluster.api_get(two_nodes.url, "/api/v0/nodes", limit=100)["data"]["result"]["result"]
+    nodes = jobs.api_get(two_nodes.url, "/api/v0/nodes", limit=100)["data"]["result"]["result"]
     dead = {n["node_id"] for n in nodes if n["state"] == "DEAD"}
-    alive = {n["node_id"] for n in cluster.alive_nodes(two_nodes.url)}
+    alive = {n["node_id"] for n in jobs.alive_nodes(two_nodes.url)}
     assert dead == {n["node_id"] for n in lost} - alive and len(dead) == 1  # the stopped node
     assert len(alive) == 2  # the head and the replacement
-    actors = cluster.api_get(two_nodes.url, "/api/v0/actors", limit=1000, detail="true",
-                             filter_keys="class_name", filter_predicates="=",
-                             filter_values="RayTrainWorker")["data"]["result"]["result"]
+    actors = jobs.api_get(two_nodes.url, "/api/v0/actors", limit=1000, detail="true",
+                          filter_keys="class_name", filter_predicates="=",
+                          filter_values="RayTrainWorker")["data"]["result"]["result"]
     assert len(actors) >= 6  # 2 DDP workers: trial 1 before and after the loss, trial 2
     assert {a["node_id"] for a in actors} == dead | alive
 

@@ -1,14 +1,26 @@
-"""Datasets: the three sources, the stratified split and every bad-input error."""
+"""Datasets: the three sources, the stratified split, every bad-input error, and hostile IDX
+files (damaged at random bytes, gzip bombs, lying headers, FIFOs and devices)."""
 
+import contextlib
 import gzip
+import os
+import resource
 import shutil
+import signal
+import struct
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import write_idx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from trainables.data import DataConfig, DataError, load_splits, read_idx
+from trainables.data import MAX_IDX_ITEMS, DataConfig, DataError, load_splits, read_idx
 
 
 def test_idx_single_split_is_stratified_and_deterministic(idx_dir):
@@ -118,3 +130,213 @@ def test_read_idx_roundtrip(tmp_path):
     arr = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     write_idx(tmp_path / "x.gz", arr, 0x803)
     assert np.array_equal(read_idx(tmp_path / "x.gz", 0x803), arr)
+
+
+# ----------------------------------------------------------------------------- hostile files
+
+IMAGES_GZ, LABELS_GZ = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
+
+
+@contextlib.contextmanager
+def within(seconds: int):
+    """Fail instead of hanging: SIGALRM interrupts a blocking read or open (main thread)."""
+    def expire(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@contextlib.contextmanager
+def address_space_capped(extra: int = 1 << 30):
+    """Let this process grow by at most `extra` bytes of address space meanwhile: a reader that
+    regresses into reading a bomb whole gets a MemoryError here instead of the machine's OOM
+    killer. (Linux: the cap is relative to the current size in /proc/self/status.)"""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:  # not Linux: no cap, tracemalloc's peak still fails the test afterwards
+        yield
+        return
+    size = int(next(ln for ln in status.splitlines() if ln.startswith("VmSize:")).split()[1])
+    old = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (size * 1024 + extra, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, old)
+
+
+def _load_bounded(d: Path, seconds: int = 30) -> tuple[DataError, int, float]:
+    """(the DataError, peak bytes allocated, seconds) of loading the IDX folder `d`, under a
+    time limit and an address-space cap."""
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with within(seconds), address_space_capped(), pytest.raises(DataError) as e:
+            load_splits(DataConfig("mnist-idx", str(d)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(e.value)
+    return e.value, peak, time.perf_counter() - t0
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    return (struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+            + array.astype(np.uint8).tobytes())
+
+
+def _header(count: int, magic: int = 0x803, dims=(28, 28)) -> bytes:
+    return struct.pack(">I", magic) + struct.pack(f">{1 + len(dims)}I", count, *dims)
+
+
+def test_gzip_bomb(idx_dir):
+    """A 4 MB .gz whose header promises 10 images but which inflates to 4 GB of zeros: the
+    read stops one byte past what the header promises (a few KB), no 4 GB allocation."""
+    zeros = gzip.compress(bytes(16 << 20), compresslevel=9)  # 16 MB of zeros → ~16 KB
+    bomb = gzip.compress(_header(10) + bytes(16 << 20), compresslevel=9) + zeros * 255
+    (idx_dir / IMAGES_GZ).write_bytes(bomb)
+    write_idx(idx_dir / LABELS_GZ, np.arange(10), 0x801)
+    assert len(bomb) < 8 << 20
+    err, peak, seconds = _load_bounded(idx_dir)
+    assert IMAGES_GZ in str(err) and "longer than its header" in str(err)
+    assert peak < 16 << 20 and seconds < 10
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_header_claiming_2_31_images(tmp_path, compress):
+    """The count is refused from the header alone: nothing of 2^31 × 784 bytes is allocated."""
+    data = _header(2**31) + bytes(784 * 3)
+    name = "t10k-images-idx3-ubyte" + (".gz" if compress else "")
+    (tmp_path / name).write_bytes(gzip.compress(data) if compress else data)
+    write_idx(tmp_path / LABELS_GZ, np.arange(10), 0x801)
+    err, peak, _ = _load_bounded(tmp_path)
+    assert name in str(err) and "2147483648" in str(err) and f"{MAX_IDX_ITEMS}" in str(err)
+    assert peak < 16 << 20
+
+
+def test_huge_raw_file_is_refused_by_its_size(idx_dir):
+    """A raw file (sparse, 8 GB) longer than its header promises is refused before reading."""
+    path = idx_dir / "t10k-images-idx3-ubyte"
+    (idx_dir / IMAGES_GZ).unlink()
+    with open(path, "wb") as f:
+        f.write(_header(200))
+        f.truncate(8 << 30)
+    err, peak, _ = _load_bounded(idx_dir)
+    assert path.name in str(err) and "the file holds" in str(err) and peak < 16 << 20
+
+
+@pytest.mark.parametrize("dims", [(28, 29), (1, 784), (0, 0)])
+def test_header_with_wrong_image_shape(tmp_path, dims):
+    (tmp_path / IMAGES_GZ).write_bytes(gzip.compress(_header(10, dims=dims)))
+    write_idx(tmp_path / LABELS_GZ, np.arange(10), 0x801)
+    err, _, _ = _load_bounded(tmp_path)
+    assert IMAGES_GZ in str(err) and "28×28" in str(err)
+
+
+@pytest.mark.parametrize("make, what", [
+    (os.mkfifo, "a FIFO"),  # opening a FIFO for reading would wait for a writer forever
+    (lambda p: os.symlink("/dev/zero", p), "a device"),  # an endless stream
+    (os.mkdir, "a directory"),
+])
+def test_non_regular_files_are_refused(tmp_path, make, what):
+    make(tmp_path / "t10k-images-idx3-ubyte")
+    write_idx(tmp_path / LABELS_GZ, np.arange(10), 0x801)
+    err, _, seconds = _load_bounded(tmp_path, seconds=10)
+    assert f"t10k-images-idx3-ubyte is {what}, not a regular file" in str(err)
+    assert "--data-dir" in str(err) and seconds < 5
+
+
+def test_non_regular_labels_file(idx_dir):
+    (idx_dir / LABELS_GZ).unlink()
+    os.mkfifo(idx_dir / "t10k-labels-idx1-ubyte")
+    err, _, _ = _load_bounded(idx_dir, seconds=10)
+    assert "t10k-labels-idx1-ubyte is a FIFO" in str(err)
+
+
+def test_too_few_images_to_split(tmp_path):
+    write_idx(tmp_path / IMAGES_GZ, np.zeros((3, 28, 28)), 0x803)
+    write_idx(tmp_path / LABELS_GZ, np.arange(3), 0x801)
+    err, _, _ = _load_bounded(tmp_path)
+    assert "too few to split" in str(err)
+
+
+# A valid small pair (2 images per digit) for the property test to damage
+_RNG = np.random.default_rng(0)
+_VALID = {IMAGES_GZ: idx_bytes(_RNG.integers(0, 256, (20, 28, 28)), 0x803),
+          LABELS_GZ: idx_bytes(np.arange(20) % 10, 0x801)}
+
+
+@st.composite
+def damage(draw, size: int) -> tuple:
+    """A way to damage a file of `size` bytes, small enough to read in a failure report:
+    bytes overwritten, cut short, extended, or a header dimension (count, rows, cols) replaced
+    by any 32-bit value (see `apply`)."""
+    kind = draw(st.sampled_from(["overwrite", "truncate", "extend", "dimension"]))
+    if kind == "overwrite":
+        return kind, draw(st.lists(st.tuples(st.integers(0, size - 1), st.integers(0, 255)),
+                                   min_size=1, max_size=8))
+    if kind == "truncate":
+        return kind, draw(st.integers(0, size - 1))
+    if kind == "extend":
+        return kind, draw(st.binary(min_size=1, max_size=64))
+    return kind, (draw(st.integers(1, 3)), draw(st.integers(0, 2**32 - 1)))
+
+
+def apply(blob: bytes, how: tuple) -> bytes:
+    kind, arg = how
+    if kind == "overwrite":
+        out = bytearray(blob)
+        for at, value in arg:
+            out[at] = value
+        return bytes(out)
+    if kind == "truncate":
+        return blob[:arg]
+    if kind == "extend":
+        return blob + arg
+    dim, value = arg  # dimension 1 is the count; a labels file has only that one
+    at = 4 * min(dim, (len(blob) > 12) * 2 + 1)
+    return blob[:at] + struct.pack(">I", value) + blob[at + 4:]
+
+
+@settings(max_examples=300, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(target=st.sampled_from(sorted(_VALID)), compress=st.booleans(),
+       after_gzip=st.booleans(), data=st.data())
+def test_damaged_idx_gives_valid_splits_or_data_error(target, compress, after_gzip, data):
+    """Damage one file of a valid pair at random: either load_splits still returns sound
+    Splits (a harmless byte, e.g. a gzip header's timestamp) or it raises a one-line DataError
+    naming a file of the pair. Any other exception, a hang or a big allocation fails."""
+    files = {}
+    for name, content in _VALID.items():
+        if name == target and not (compress and after_gzip):
+            content = apply(content, data.draw(damage(len(content)), label="IDX damage"))
+        if compress:
+            content = gzip.compress(content, mtime=0)
+            if name == target and after_gzip:
+                content = apply(content, data.draw(damage(len(content)), label="gzip damage"))
+        files[name if compress else name.removesuffix(".gz")] = content
+    with tempfile.TemporaryDirectory() as d:
+        for name, content in files.items():
+            (Path(d) / name).write_bytes(content)
+        tracemalloc.start()
+        try:
+            with within(30), address_space_capped():
+                splits = load_splits(DataConfig("mnist-idx", d))
+        except DataError as e:
+            assert "\n" not in str(e) and any(n in str(e) for n in files), str(e)
+            return
+        finally:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert peak < 16 << 20
+    for part in (splits.train, splits.val):
+        assert len(part) >= 1 and part.images.shape == (len(part), 1, 28, 28)
+        assert part.images.dtype == torch.float32 and part.labels.dtype == torch.int64
+        assert part.images.min() >= -1 and part.images.max() <= 1
+        assert 0 <= part.labels.min() and part.labels.max() <= 9

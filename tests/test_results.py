@@ -3,7 +3,8 @@
 import pandas as pd
 import pytest
 
-from study.results import COLUMNS, finished_rows, read_results, to_row, upsert, write_atomic
+from study.results import finished_rows, read_results, upsert, write_atomic
+from study.rows import COLUMNS
 
 
 def test_upsert_inserts_and_replaces(tmp_path):
@@ -32,13 +33,13 @@ def test_crash_during_write_keeps_the_old_table(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]  # no temp file left
 
 
-def test_to_row_has_exactly_the_columns():
-    row = to_row({"trial_id": "x", "unexpected": 1})
-    assert list(row) == COLUMNS and row["quality"] is None
+def test_upsert_keeps_exactly_the_columns(tmp_path):
+    df = upsert(tmp_path, {"trial_id": "x", "unexpected": 1})
+    assert list(df.columns) == COLUMNS and df["quality"].isna().all()
 
 
 def test_write_atomic_roundtrip(tmp_path):
-    df = pd.DataFrame([to_row({"trial_id": "t", "lr": 1e-3})], columns=COLUMNS)
+    df = pd.DataFrame([{"trial_id": "t", "lr": 1e-3}], columns=COLUMNS)
     write_atomic(df, tmp_path / "r.csv")
     assert pd.read_csv(tmp_path / "r.csv")["lr"].iloc[0] == 1e-3
 

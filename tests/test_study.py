@@ -37,7 +37,7 @@ def test_smoke_study_records_every_trial(smoke_study):
                 "final_train_loss", "final_val_loss", "quality", "train_cost_s", "judge_acc",
                 "frechet", "eval_s", "samples_path", "grid_path", "checkpoint_path"]
     assert df[required].notna().all().all(), df[required].isna().sum()
-    assert df["precision"].isin(["bf16", "fp32"]).all()  # the training step's, per trial
+    assert df["train_dtype"].isin(["bf16", "fp32"]).all()  # the training step's, per trial
     clip_cols = ["clip_top", "clip_all", "clip_gain", "clip_acc_all", "clip_acc_top"]
     assert df[clip_cols].notna().all().all()
     assert df["clip_model"].str.contains("tiny_clip.json").all()
@@ -75,7 +75,9 @@ def test_asha_stopped_trial_is_evaluated_from_its_checkpoint(smoke_study, tmp_pa
     checkpoint with the study's own protocol, so Optuna and the table get measured values."""
     import shutil
 
-    from study.tuning import Finalizer
+    from study.finalize import Finalizer
+    from study.layout import StudyLayout
+    from study.spec import Sizing, StudyRecord
 
     study_dir = smoke_study
     copy = tmp_path / "study"
@@ -85,27 +87,28 @@ def test_asha_stopped_trial_is_evaluated_from_its_checkpoint(smoke_study, tmp_pa
     epoch_ckpt.mkdir()
     shutil.copy(copy / done["checkpoint_path"], epoch_ckpt / "checkpoint.pt")
     last_result = {"checkpoint_path": str(epoch_ckpt), "epoch": 1, "train_seconds": 2.0,
-                   "images_per_s": 800.0, "time_total_s": 12.0, "train_loss": 0.5,
-                   "val_loss": 0.4, "probe_judge_acc": 0.1, "probe_s_total": 1.5,
-                   "trainer_start_s": 6.0, "worker_setup_s": 0.5, "precision": "bf16"}
+                   "images_seen": 1600, "images_per_s": 800.0, "time_total_s": 12.0,
+                   "train_loss": 0.5, "val_loss": 0.4, "probe_judge_acc": 0.1,
+                   "probe_s_total": 1.5, "trainer_start_s": 6.0, "worker_setup_s": 0.5,
+                   "train_dtype": "bf16"}
     config = {"depth": int(done["depth"]), "width": int(done["width"]),
               "lr": float(done["lr"]), "guidance": float(done["guidance"])}
-    row = Finalizer(copy)("stopped1", last_result, config)
+    layout = StudyLayout(copy)
+    row = Finalizer(layout)("stopped1", last_result, config)
     assert row["status"] == "ok" and row["stop_reason"] == "asha"
     assert row["quality"] == row["clip_top"] is not None and row["train_cost_s"] == 2.0
     assert row["startup_s"] == pytest.approx(12.0 - 2.0 - 1.5) and row["images_seen"] == 1600
     assert (row["trainer_start_s"], row["worker_setup_s"], row["gpu_seconds"]) == (6.0, 0.5, 0.0)
-    assert row["precision"] == "bf16"
+    assert row["train_dtype"] == "bf16" and row["images_per_s"] == 800.0
     # the driver recorded its sizing in study.json; on GPUs the stopped trial is costed by it
-    setup = json.loads((copy / "study.json").read_text())
-    assert (setup["use_gpu"], setup["gpus_per_worker"], setup["concurrent"]) == (False, 0.0, 1)
-    (copy / "study.json").write_text(json.dumps({**setup, "use_gpu": True,
-                                                 "gpus_per_worker": 0.5}))
-    gpu_row = Finalizer(copy)("stopped2", last_result, config)
+    record = StudyRecord.load(layout)
+    assert record.sizing == Sizing(concurrent=1, cpus_per_worker=record.sizing.cpus_per_worker)
+    StudyRecord(record.spec, Sizing(1, 4.0, 0.5), record.facts).save(layout)
+    gpu_row = Finalizer(layout)("stopped2", last_result, config)
     assert gpu_row["gpu_seconds"] == pytest.approx(12.0 * 2 * 0.5)  # wall × workers × share
     # a stopped trial that cannot be evaluated gets a failed row saying why; the study goes on
     (epoch_ckpt / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    bad = Finalizer(copy)("stopped3", last_result, config)
+    bad = Finalizer(layout)("stopped3", last_result, config)
     assert bad["status"] == "failed" and bad["quality"] is None
     assert bad["error"].startswith("evaluating the stopped trial: ")
     assert read_results(copy).set_index("trial_id").loc["stopped3", "status"] == "failed"
@@ -117,23 +120,23 @@ def test_asha_stopped_trial_is_evaluated_from_its_checkpoint(smoke_study, tmp_pa
 def test_resumed_searcher_adopts_the_suggestion_a_crash_left_running(tmp_path):
     """A driver killed between Optuna's ask and Tune's state save leaves a RUNNING Optuna trial
     that Tune never heard of; the resumed searcher runs it instead of asking for another."""
-    from study.search_space import PRESETS, to_tune
-    from study.tuning import StudySearch
+    from study.optuna_private import ot_trials
+    from study.presets import PRESETS
+    from study.search import StudySearch
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
 
     def searcher():
-        s = StudySearch(metric=["quality", "train_cost_s"], mode=["max", "min"],
-                        study_dir=str(tmp_path), storage=optuna.storages.RDBStorage(storage),
+        s = StudySearch(study_dir=str(tmp_path), storage=optuna.storages.RDBStorage(storage),
                         study_name="s", seed=0)
-        s.set_search_properties(None, None, to_tune(PRESETS["smoke"].space))
+        s.set_search_properties(None, None, PRESETS["smoke"].space.to_tune())
         return s
 
     crashed = searcher().suggest("t-before-crash")  # asked, never recorded by Tune
     resumed = searcher()
     assert resumed.suggest("t-after-resume") == crashed
     resumed.suggest("t-next")
-    assert [resumed._ot_trials[t].number for t in ("t-after-resume", "t-next")] == [0, 1]
+    assert [ot_trials(resumed)[t].number for t in ("t-after-resume", "t-next")] == [0, 1]
     ot = optuna.load_study(study_name="s", storage=storage)
     assert len(ot.trials) == 2  # no dangling third trial
 
@@ -148,16 +151,23 @@ def test_resumed_searcher_adopts_the_suggestion_a_crash_left_running(tmp_path):
 
 
 def test_trial_config_turns_style_on_from_the_search_axis():
-    from study.trial import describe, trial_config
+    from study.search_space import apply, values
     from trainables.config import TrialConfig
     from trainables.style import STYLE_DIM
 
-    base = TrialConfig().to_dict()
     params = {"depth": 2, "width": 8, "lr": 1e-3, "guidance": 1.0}
-    on = trial_config(base, {**params, "style": True})
-    assert on.model.style_dim == STYLE_DIM and describe(on)["style"] is True
-    off = trial_config(base, params)  # tables and spaces from before the axis existed
-    assert off.model.style_dim == 0 and describe(off)["style"] is False
+    on = apply({**params, "style": True}, TrialConfig())
+    assert on.model.style_dim == STYLE_DIM and values(on)["style"] is True
+    off = apply(params, TrialConfig())  # tables and spaces from before the axis existed
+    assert off.model.style_dim == 0 and values(off)["style"] is False
+    assert values(off) == {**params, "style": False}
+
+
+def _spec(*args: str):
+    from study.run import build_spec, parse_args
+
+    return build_spec(parse_args(["--preset", "smoke", "--dataset", "digits", "--no-clip",
+                                  "--gpus", "1", "--address", "auto", *args]))
 
 
 @pytest.mark.parametrize("workers, gpus, per_worker, concurrent", [
@@ -165,25 +175,37 @@ def test_trial_config_turns_style_on_from_the_search_axis():
     (2, 2, 1.0, 1),  # DDP ranks never share one: NCCL refuses two ranks on a device
     (2, 4, 1.0, 2),
 ])
-def test_gpu_trials_are_sized_so_ddp_ranks_get_their_own_gpu(monkeypatch, workers, gpus,
-                                                              per_worker, concurrent):
-    from study import driver
+def test_gpu_trials_are_sized_so_ddp_ranks_get_their_own_gpu(workers, gpus, per_worker,
+                                                             concurrent):
+    from study.spec import size_trials
 
-    monkeypatch.setattr(driver.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": gpus})
-    setup = {"workers_per_trial": workers, "use_gpu": True, "trials_per_gpu": 2,
-             "num_trials": 8, "study_dir": "/tmp/s"}
-    sized = driver.size_trials(setup)
-    assert (sized["gpus_per_worker"], sized["concurrent"]) == (per_worker, concurrent)
+    spec = _spec("--workers-per-trial", str(workers), "--num-trials", "8")
+    sizing = size_trials(spec, cpus=16, gpus=gpus)
+    assert (sizing.gpus_per_worker, sizing.concurrent) == (per_worker, concurrent)
+    assert sizing.cpus_per_worker * workers * concurrent <= 16
 
 
-def test_a_ddp_trial_wider_than_the_gpus_is_refused(monkeypatch):
-    from study import driver
+def test_a_ddp_trial_wider_than_the_gpus_is_refused():
+    from study.errors import UsageError
+    from study.spec import size_trials
 
-    monkeypatch.setattr(driver.ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
-    setup = {"workers_per_trial": 2, "use_gpu": True, "trials_per_gpu": 2, "num_trials": 2,
-             "study_dir": "/tmp/s"}
-    with pytest.raises(ValueError, match="each need a GPU of their own"):
-        driver.size_trials(setup)
+    with pytest.raises(UsageError, match="each need a GPU of their own"):
+        size_trials(_spec("--workers-per-trial", "2"), cpus=16, gpus=1)
+
+
+def test_the_spec_round_trips_and_resume_compares_what_defines_the_trials():
+    from dataclasses import replace
+
+    from study.spec import StudySpec
+
+    spec = _spec()
+    again = StudySpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec
+    assert spec.resume_mismatch(replace(spec, num_trials=9, address=None)) == []
+    assert spec.resume_mismatch(replace(spec, seed=7, confirm_seeds=3)) == ["seed",
+                                                                            "confirm_seeds"]
+    other = replace(spec, base=replace(spec.base, train=replace(spec.base.train, lr=0.5)))
+    assert spec.resume_mismatch(other) == ["base.train.lr"]
 
 
 @pytest.mark.slow
@@ -201,8 +223,15 @@ def test_more_trials_than_slots_with_asha_stops_all_get_rows(tmp_path, judge_cac
     stopped = df[df["stop_reason"] == "asha"]
     assert len(stopped) >= 2 and (stopped["epochs_run"] == 1).all()
     assert stopped["judge_acc"].notna().all()  # evaluated from the checkpoint by the Finalizer
-    assert stopped["precision"].notna().all()  # from fit's epoch reports, as costed
+    assert stopped["train_dtype"].notna().all()  # from fit's epoch reports, as costed
     assert (df.loc[df["stop_reason"] == "completed", "epochs_run"] == 2).all()
+    # the same meaning for stopped and completed rows: images trained on, per epoch run
+    from trainables.data import DataConfig, load_splits
+
+    per_epoch = len(load_splits(DataConfig(dataset="digits")).train) // 64 * 64  # smoke batch
+    assert (df["images_seen"] == df["epochs_run"] * per_epoch).all(), df["images_seen"]
+    busy = df["train_seconds"] + df["startup_s"]
+    assert (df["trial_wall_s"] >= busy - 1e-6).all() and (df["startup_s"] > 0).all()
     # sized by the Finalizer from each trial's config, as the searcher passes it on
     assert df["params"].gt(0).all() and df["forward_gflops"].gt(0).all()
     ot = optuna.load_study(study_name="queue", storage=f"sqlite:///{tmp_path / 'queue/optuna.db'}")

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from study.search_space import PRESETS, SearchSpace
+from study.presets import PRESETS
+from study.search_space import SearchSpace
 from trainables.config import TrialConfig
 from trainables.data import Digits, Splits
 from trainables.diffusion import DiffusionConfig, Schedule, guided_eps, training_losses
@@ -247,9 +248,7 @@ def test_search_space_style_axis(tmp_path):
 
 
 def test_to_tune_has_the_style_axis():
-    from study.search_space import to_tune
-
-    space = to_tune(SearchSpace(style=(False, True)))
+    space = SearchSpace(style=(False, True)).to_tune()
     assert sorted(space["style"].categories) == [False, True]
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from trainables.unet import UNet, UNetConfig, forward_flops, num_groups
+from trainables.unet import UNet, UNetConfig, forward_flops, num_groups, timestep_embedding
 
 
 def randomised(m):
@@ -74,3 +74,47 @@ def test_forward_flops_scale_with_width():
     f8 = forward_flops(UNet(UNetConfig(depth=2, width=8)))
     f16 = forward_flops(UNet(UNetConfig(depth=2, width=16)))
     assert f8 > 1e6 and 3 < f16 / f8 < 4.5  # convolutions dominate: ~4× per width doubling
+
+
+def test_output_depends_on_the_timestep():
+    """Same x_t and label, different t: a different ε (the time MLP reaches every block).
+
+    With the small random weights of `randomised` the conditioning moves ε by 0.1-1% (the label
+    too); float32 round-off in an eval forward is ~1e-7, so 1e-4 relative is a real change."""
+    m = randomised(UNet(UNetConfig(depth=2, width=8))).eval()
+    x, y = torch.randn(1, 1, 28, 28).expand(4, -1, -1, -1), torch.full((4,), 3)
+    with torch.no_grad():
+        eps = m(x, torch.tensor([0, 1, 500, 999]), y)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert (eps[i] - eps[j]).norm() > 1e-4 * eps[i].norm(), (i, j)
+    # and only on t: the same t gives the same ε
+    same = m(x, torch.full((4,), 7), y)
+    torch.testing.assert_close(same[0], same[3])
+
+
+def test_timestep_embedding_golden_values():
+    """dim 4: half = 2 frequencies, f = (10000^0, 10000^-1/2) = (1, 0.01); the embedding is
+    [cos(t), cos(t/100), sin(t), sin(t/100)]. Values written out by hand, not by torch."""
+    emb = timestep_embedding(torch.tensor([0, 1, 100]), 4)
+    golden = torch.tensor([
+        [1.0, 1.0, 0.0, 0.0],
+        [0.5403023058681398, 0.9999500004166653, 0.8414709848078965, 0.009999833334166664],
+        [0.8623188722876839, 0.5403023058681398, -0.5063656411097588, 0.8414709848078965],
+    ])
+    torch.testing.assert_close(emb, golden, rtol=0, atol=1e-6)
+    # another max_period: f = (1, 1/2) for max_period 4
+    torch.testing.assert_close(timestep_embedding(torch.tensor([2]), 4, max_period=4.0),
+                               torch.tensor([[-0.4161468365471424, 0.5403023058681398,
+                                              0.9092974268256817, 0.8414709848078965]]),
+                               rtol=0, atol=1e-6)
+    # an odd dim keeps its size: the last column is zero (found: width 9 crashed the time MLP)
+    odd = timestep_embedding(torch.tensor([0, 1, 100]), 5)
+    assert odd.shape == (3, 5) and (odd[:, 4] == 0).all()
+    torch.testing.assert_close(odd[:, :4], golden, rtol=0, atol=1e-6)
+
+
+def test_odd_width_runs():
+    m = UNet(UNetConfig(depth=2, width=9))
+    assert m(torch.randn(2, 1, 28, 28), torch.tensor([1, 2]), torch.tensor([3, 4])).shape \
+        == (2, 1, 28, 28)

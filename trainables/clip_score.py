@@ -30,6 +30,8 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 
+from trainables.errors import squeeze
+
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DEFAULT_TEMPLATES = (
     'a photo of the number: "{}".',
@@ -44,12 +46,6 @@ PROBE_TIMEOUT_S = 3.0  # how long an unreachable weights host may take to say so
 
 class ClipLoadError(ValueError):
     """CLIP could not be loaded; the message is one line naming the model/tag/file and the fix."""
-
-
-def _one_line(text: object, limit: int = 240) -> str:
-    """`text` on one line, shortened: open_clip's errors can list every model or every key."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -125,7 +121,7 @@ class ClipScorer:
             tokenizer = open_clip.get_tokenizer(name)
         except Exception as e:  # open_clip raises anything from RuntimeError to UnpicklingError
             raise ClipLoadError(f"could not load CLIP {shown} from {weights!r} "
-                                f"({type(e).__name__}: {_one_line(e)}); {FIX}") from e
+                                f"({type(e).__name__}: {squeeze(e)}); {FIX}") from e
         return cls(model, tokenizer, cfg, description, device)
 
     @torch.no_grad()
@@ -207,7 +203,7 @@ def _model_name(open_clip, model: str) -> tuple[str, str]:
             model_cfg = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise ClipLoadError(f"CLIP model config {model!r} is unreadable "
-                                f"({type(e).__name__}: {_one_line(e, 120)}); {FIX}") from e
+                                f"({type(e).__name__}: {squeeze(e, 120)}); {FIX}") from e
         # open_clip skips a config without these keys silently, and one that is not JSON makes
         # every later add_model_config raise, so both are checked before registering.
         needed = ("embed_dim", "vision_cfg", "text_cfg")
@@ -228,7 +224,7 @@ def _tag_cfg(open_clip, name: str, tag: str) -> dict:
     pcfg = open_clip.get_pretrained_cfg(name, tag)
     if not pcfg:
         tags = open_clip.list_pretrained_tags_by_model(name)
-        known = _one_line(", ".join(tags) or "none", 160)
+        known = squeeze(", ".join(tags) or "none", 160)
         raise ClipLoadError(f"unknown pretrained tag {tag!r} for CLIP {name} (known: {known}); "
                             f"{FIX}")
     return pcfg
@@ -282,7 +278,7 @@ def _check_reachable(pcfg: dict, what: str) -> None:
         socket.create_connection((parsed.hostname, parsed.port or 443), PROBE_TIMEOUT_S).close()
     except OSError as e:
         raise ClipLoadError(f"CLIP weights {what} are not cached and {parsed.hostname} is "
-                            f"unreachable ({type(e).__name__}: {_one_line(e, 80)}); {FIX}") from e
+                            f"unreachable ({type(e).__name__}: {squeeze(e, 80)}); {FIX}") from e
 
 
 @contextmanager

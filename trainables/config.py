@@ -29,6 +29,10 @@ class TrainConfig:
     lr_patience: int = 2  # ReduceLROnPlateau: epochs without val improvement before lr drop
     lr_factor: float = 0.5  # ReduceLROnPlateau: lr multiplier on a plateau
     early_stop_patience: int | None = 5  # epochs without val improvement before stopping
+    # What counts as a validation improvement, for early stopping and the lr plateau alike: the
+    # EMA val loss must fall below the best so far by more than this (absolute ε-MSE; the
+    # losses here are ~0.03-0.1, their epoch-to-epoch noise on fixed noise ~1e-5)
+    min_improvement: float = 1e-4
     val_size: int = 1000  # validation images used for the validation loss (fixed noise)
     seed: int = 0  # model init, batch order, noise; each rank offsets it
     # bf16 autocast of the training step; None: where it pays (train_loop.uses_amp). On a CPU
@@ -52,6 +56,17 @@ class TrainConfig:
             raise ValueError(f"max_seconds={self.max_seconds} must be positive")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1)")
+        if not self.grad_clip > 0:
+            raise ValueError(f"grad_clip={self.grad_clip} must be positive")
+        if not 0 < self.lr_factor < 1:
+            raise ValueError(f"lr_factor={self.lr_factor} must be in (0, 1)")
+        if self.lr_patience < 0:
+            raise ValueError(f"lr_patience={self.lr_patience} must be >= 0")
+        if self.early_stop_patience is not None and self.early_stop_patience < 1:
+            raise ValueError(f"early_stop_patience={self.early_stop_patience} must be >= 1 "
+                             f"(or None: no early stopping)")
+        if self.min_improvement < 0:
+            raise ValueError(f"min_improvement={self.min_improvement} must be >= 0")
 
 
 @dataclass(frozen=True)

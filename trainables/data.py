@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
+import stat
 import struct
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,12 +29,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainables.errors import squeeze
+
 DATASETS = ("mnist", "mnist-idx", "digits")
 NUM_CLASSES = 10  # the digits 0..9, the class labels of every dataset here
 DIGITS = range(NUM_CLASSES)
 DATA_DIR_ENV = "STUDY_DATA_DIR"
 DATASET_ENV = "STUDY_DATASET"
 _IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801
+# Most items an IDX file may hold (MNIST has 60,000 + 10,000, EMNIST-byclass 814,255): a header
+# claiming more is corrupt or hostile, and the bound caps a read at 784 MB of images
+MAX_IDX_ITEMS = 1_000_000
 
 
 class DataError(ValueError):
@@ -109,24 +117,76 @@ def _stratified_split(images, labels, cfg: DataConfig):
 # ----------------------------------------------------------------------------- IDX files
 
 
-def read_idx(path: Path, magic: int) -> np.ndarray:
-    """An IDX array (gzip or raw) whose magic number must equal `magic`."""
+def read_idx(path: Path, magic: int, item_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """An IDX array (gzip or raw) whose magic number must equal `magic` and, when given, whose
+    items have `item_shape` (e.g. (28, 28) for MNIST images, () for labels).
+
+    Hostile files end in a one-line DataError, never a hang or a huge allocation: only regular
+    files are opened (a FIFO or device is refused before any read), the header is checked
+    (shape, at most MAX_IDX_ITEMS items) before the body is read, a raw file's size must be
+    what the header promises, and a gzip stream is read to at most one byte past it (a gzip
+    bomb stops there)."""
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:  # BadGzipFile is an OSError; truncated gzip is EOFError
-        raise DataError(f"cannot read {path}: {e or 'truncated file'}") from None
-    if len(raw) < 8 or struct.unpack(">I", raw[:4])[0] != magic:
-        found = f"{struct.unpack('>I', raw[:4])[0]:#010x}" if len(raw) >= 4 else "none"
-        raise DataError(f"{path} has magic number {found}, expected {magic:#010x}: "
-                        f"not an MNIST {'images' if magic == _IMAGES_MAGIC else 'labels'} file")
-    ndim = raw[3]
-    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    body = raw[4 + 4 * ndim :]
-    if len(body) != int(np.prod(dims)):
-        raise DataError(f"{path} is truncated: header says {dims}, found {len(body)} bytes of data")
+        with _open_regular(path) as raw:
+            size = os.fstat(raw.fileno()).st_size
+            f = gzip.GzipFile(fileobj=raw, mode="rb") if path.suffix == ".gz" else raw
+            dims, header = _read_header(f, path, magic, item_shape)
+            expected = math.prod(dims)
+            if f is raw and size != header + expected:
+                raise DataError(_damaged(path, f"the header promises {dims} = {expected} bytes "
+                                               f"of data, the file holds {size - header}"))
+            body = f.read(expected + 1)  # one byte more: a longer stream is detected, not read
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        why = squeeze(e) or type(e).__name__  # a truncated gzip's EOFError has no message
+        raise DataError(_damaged(path, f"cannot read it ({why})")) from None
+    if len(body) != expected:
+        found = f"only {len(body)}" if len(body) < expected else "more"
+        what = "truncated" if len(body) < expected else "longer than its header says"
+        raise DataError(_damaged(path, f"{what}: the header promises {dims} = {expected} bytes "
+                                       f"of data, found {found}"))
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+
+
+def _open_regular(path: Path):
+    """`path` opened for binary reading if it is a regular file (after symlinks), else a
+    DataError. O_NONBLOCK: opening a FIFO must not wait for a writer; fstat on the open file
+    leaves no window for a swap between the check and the read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        what = ("a FIFO" if stat.S_ISFIFO(kind) else "a directory" if stat.S_ISDIR(kind)
+                else "a device" if stat.S_ISCHR(kind) or stat.S_ISBLK(kind) else "a socket")
+        raise DataError(f"{path} is {what}, not a regular file: point --data-dir (or "
+                        f"{DATA_DIR_ENV}) at a folder of MNIST IDX files")
+    return os.fdopen(fd, "rb")
+
+
+def _read_header(f, path: Path, magic: int, item_shape) -> tuple[tuple[int, ...], int]:
+    """(dims, header bytes) of an IDX stream, validated before any data is read."""
+    head = f.read(4)
+    kind = "images" if magic == _IMAGES_MAGIC else "labels"
+    if len(head) < 4 or struct.unpack(">I", head)[0] != magic:
+        found = f"{struct.unpack('>I', head)[0]:#010x}" if len(head) == 4 else "none"
+        raise DataError(f"{path} has magic number {found}, expected {magic:#010x}: not an "
+                        f"MNIST {kind} file; replace it with one")
+    ndim = magic & 0xFF  # the magic's last byte is the number of dimensions
+    raw_dims = f.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
+        raise DataError(_damaged(path, "truncated inside its header"))
+    dims = struct.unpack(f">{ndim}I", raw_dims)
+    if item_shape is not None and dims[1:] != tuple(item_shape):
+        shape = "×".join(map(str, item_shape)) or "scalar"
+        raise DataError(_damaged(path, f"the header says {kind} of shape {dims[1:]}; "
+                                       f"MNIST {kind} are {shape}"))
+    if not 1 <= dims[0] <= MAX_IDX_ITEMS or math.prod(dims) > MAX_IDX_ITEMS * 28 * 28:
+        raise DataError(_damaged(path, f"the header claims {dims[0]} {kind} ({dims}); this "
+                                       f"reader takes 1 to {MAX_IDX_ITEMS}"))
+    return dims, 4 + 4 * ndim
+
+
+def _damaged(path: Path, what: str) -> str:
+    return f"{path} is not a usable MNIST IDX file: {what}; replace it with an intact copy"
 
 
 def _find_idx(data_dir: Path) -> dict[str, tuple[Path, Path]]:
@@ -148,15 +208,14 @@ def _find_idx(data_dir: Path) -> dict[str, tuple[Path, Path]]:
 
 
 def _read_pair(images_path: Path, labels_path: Path):
-    images = read_idx(images_path, _IMAGES_MAGIC)
-    labels = read_idx(labels_path, _LABELS_MAGIC)
+    images = read_idx(images_path, _IMAGES_MAGIC, item_shape=(28, 28))
+    labels = read_idx(labels_path, _LABELS_MAGIC, item_shape=())
     if len(images) != len(labels):
         raise DataError(f"{images_path.name} has {len(images)} images but {labels_path.name} "
-                        f"has {len(labels)} labels")
-    if images.shape[1:] != (28, 28):
-        raise DataError(f"{images_path} holds {images.shape[1:]} images; 28×28 are required")
-    if labels.max(initial=0) > 9:
-        raise DataError(f"{labels_path} holds label {labels.max()}; digits 0-9 are required")
+                        f"has {len(labels)} labels: use the labels file of the same split")
+    if labels.max(initial=0) >= NUM_CLASSES:
+        raise DataError(f"{labels_path} holds label {labels.max()}; digits 0-9 are required: "
+                        f"replace it with an MNIST labels file")
     return images, labels
 
 
@@ -166,6 +225,9 @@ def _idx_splits(data_dir: Path, cfg: DataConfig):
         return _read_pair(*pairs["train"]), _read_pair(*pairs["t10k"]), "mnist-idx train / t10k"
     prefix = "train" if "train" in pairs else sorted(pairs)[0]
     train, val = _stratified_split(*_read_pair(*pairs[prefix]), cfg)
+    if len(train[1]) == 0:  # e.g. one image per digit: all of it goes to validation
+        raise DataError(f"{pairs[prefix][0]} holds {len(val[1])} images, too few to split into "
+                        f"training and validation: use a larger IDX file")
     return train, val, f"mnist-idx {prefix} (stratified {1 - cfg.val_fraction:.0%} / " \
                        f"{cfg.val_fraction:.0%} split)"
 

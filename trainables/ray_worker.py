@@ -21,8 +21,10 @@ import ray.train
 import ray.train.torch
 import torch
 
+from trainables.clip_score import ClipConfig
 from trainables.config import TrialConfig
 from trainables.data import load_splits
+from trainables.eval_tools import EvalTools
 from trainables.evaluate import EvalConfig, evaluate_model, quality_probe
 from trainables.judge import Judge
 from trainables.train_loop import CHECKPOINT_FILE, fit, format_metrics
@@ -73,10 +75,13 @@ class RaySession:
 
 def train_fn_per_worker(config: dict) -> None:
     """config: {"trial": TrialConfig dict, "judge": judge state, "eval": EvalConfig dict,
-    "clip": ClipConfig dict or None, "cpus_per_worker": float, "trial_start": time.time() of
-    the trial driver before it built the trainer (for the start-up breakdown)}."""
+    "clip": ClipConfig dict or None, "threads": torch threads, "trial_start": time.time() of
+    the trial driver before it built the trainer (for the start-up breakdown)}.
+
+    The final report is the last epoch's measurements (what an ASHA-stopped trial reports too),
+    with the stop reason and, on rank 0, the evaluation of the EMA weights."""
     entered = time.time()
-    torch.set_num_threads(max(1, int(config.get("cpus_per_worker", 1))))
+    torch.set_num_threads(config.get("threads", 1))
     cfg = TrialConfig.from_dict(config["trial"])
     session = RaySession()
 
@@ -95,17 +100,8 @@ def train_fn_per_worker(config: dict) -> None:
                        "worker_setup_s": ready - entered}
     result = fit(cfg, session, splits, probe=quality_probe(judge, cfg))
 
-    last = result.history[-1] if result.history else {}
-    images_seen = sum(h["images_per_s"] * h["epoch_s"] for h in result.history)
-    metrics = {"epoch": last.get("epoch", 0), "final": True,
-               "stop_reason": result.stop_reason, "stop_detail": result.detail,
-               "train_seconds": result.train_seconds, "images_seen": round(images_seen),
-               "images_per_s": images_seen / result.train_seconds if result.train_seconds else 0,
-               "precision": last.get("precision"),
-               "final_train_loss": last.get("train_loss"), "final_val_loss": last.get("val_loss"),
-               "probe_judge_acc": last.get("probe_judge_acc", 0.0),
-               "probe_s_total": last.get("probe_s_total", 0.0),
-               **session.startup}
+    metrics = {**(result.history[-1] if result.history else {}), **session.startup,
+               "stop_reason": result.stop_reason, "stop_detail": result.detail}
     if session.rank != 0:
         session.report(metrics, None)
         return
@@ -123,14 +119,10 @@ def train_fn_per_worker(config: dict) -> None:
 
 
 def _evaluate(ema, cfg: TrialConfig, judge: Judge, real, config: dict, out: Path) -> dict:
-    clip = None
-    if config.get("clip") is not None:
-        from trainables.clip_score import ClipConfig, ClipScorer
-
-        clip = ClipScorer.load(ClipConfig(**config["clip"]),
-                               device=str(next(ema.parameters()).device))
+    clip = None if config.get("clip") is None else ClipConfig(**config["clip"])
+    tools = EvalTools.load(judge, clip, real, device=str(next(ema.parameters()).device))
     t0 = time.perf_counter()
-    m = evaluate_model(ema, cfg, judge, clip, real, out, EvalConfig(**config["eval"]))
+    m = evaluate_model(ema, cfg, tools.judge, tools.clip, tools.real, out,
+                       EvalConfig(**config["eval"]))
     m["eval_total_s"] = time.perf_counter() - t0
     return m
-

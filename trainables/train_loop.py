@@ -41,6 +41,9 @@ from trainables.unet import UNet
 CHECKPOINT_FILE = "checkpoint.pt"
 STOP_REASONS = ("completed", "time_budget", "step_budget", "early_stop", "diverged")
 _CHECK_EVERY = 10  # steps between budget / divergence checks (each costs a device sync)
+# Seed of the validation loss's t and noise: the same draws every epoch, on every rank and after
+# a resume, so epochs (and trials) compare on equal terms and a change is the model's
+VALIDATION_SEED = 1234
 
 
 class Session(Protocol):
@@ -138,10 +141,10 @@ def _sum_ranks(values: list[float], device) -> list[float]:
 def validation_loss(model, sched: Schedule, images, labels, rank: int, world: int,
                     batch_size: int | None = None, style: torch.Tensor | None = None) -> dict:
     """Mean ε-MSE over the given images (with their styles, for a style-on model) with noise
-    and t fixed by a constant seed, overall and per timestep quartile; shards across ranks and
+    and t fixed by VALIDATION_SEED, overall and per timestep quartile; shards across ranks and
     sums. Batches default to the sampler's U-Net call size (small on a CPU: 0.61-0.75x the time
     of batches of 500 for 1000 images, benchmarks/RESULTS.md "Study efficiency")."""
-    g = torch.Generator().manual_seed(1234)
+    g = torch.Generator().manual_seed(VALIDATION_SEED)
     n = len(labels)
     t_all = torch.randint(0, sched.timesteps, (n,), generator=g)
     noise_all = torch.randn(images.shape, generator=g)
@@ -264,11 +267,13 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
     model = UNet(cfg.model).to(device)
     ema = deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=tc.lr_factor,
-                                                         patience=tc.lr_patience)
+    # the plateau and early stopping share one notion of improvement (tc.min_improvement)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=tc.lr_factor, patience=tc.lr_patience, threshold=tc.min_improvement,
+        threshold_mode="abs")
     last_state: dict = {}
     state = {"epoch": 0, "step": 0, "best_val": math.inf, "bad_epochs": 0, "history": [],
-             "train_seconds": 0.0}
+             "train_seconds": 0.0, "images_seen": 0}
 
     # Resume
     ckpt_dir = session.latest_checkpoint()
@@ -279,7 +284,7 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         plateau.load_state_dict(ckpt["scheduler"])
-        state.update({k: ckpt[k] for k in state})
+        state.update({k: ckpt.get(k, state[k]) for k in state})
         last_state = ckpt
         if rank == 0:
             print(f"resuming after epoch {state['epoch']} (step {state['step']})", flush=True)
@@ -322,6 +327,7 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
                     break
         epoch_s = time.perf_counter() - t0
         state["train_seconds"] += epoch_s
+        state["images_seen"] += steps_done * local_batch * world
         if stop_reason == "diverged":
             break
 
@@ -330,8 +336,8 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
         metrics = {"epoch": epoch, "step": state["step"], "train_loss": train_sum / n_steps,
                    "lr": float(opt.param_groups[0]["lr"]), "epoch_s": epoch_s,
                    "images_per_s": steps_done * local_batch * world / epoch_s,
-                   "train_seconds": state["train_seconds"],
-                   "precision": "bf16" if use_amp else "fp32"}  # what images_per_s means
+                   "train_seconds": state["train_seconds"], "images_seen": state["images_seen"],
+                   "train_dtype": "bf16" if use_amp else "fp32"}  # what images_per_s means
         metrics.update(validation_loss(ema, sched, val_x, val_y, rank, world, style=val_s))
         if probe is not None:
             t_probe = time.perf_counter()
@@ -348,7 +354,7 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
             stop_reason, detail = "diverged", f"non-finite validation loss at epoch {epoch}"
             break
         plateau.step(metrics["val_loss"])
-        if metrics["val_loss"] < state["best_val"] - 1e-4:
+        if metrics["val_loss"] < state["best_val"] - tc.min_improvement:
             state["best_val"], state["bad_epochs"] = metrics["val_loss"], 0
         else:
             state["bad_epochs"] += 1

@@ -90,11 +90,17 @@ def num_groups(channels: int) -> int:
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of integer timesteps (Vaswani et al.; as in DiT/ADM)."""
+    """Sinusoidal embedding of integer timesteps (Vaswani et al.; as in DiT/ADM):
+    ``[cos(t·f_0), …, cos(t·f_{h-1}), sin(t·f_0), …, sin(t·f_{h-1})]`` with h = dim // 2 and
+    ``f_i = max_period^(-i/h)``. An odd `dim` (an odd U-Net width) gets a zero last column, as
+    in ADM, so the embedding always has `dim` entries for the time MLP."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, dim)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 2 * half)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb  # (B, dim)
 
 
 class ResBlock(nn.Module):

@@ -1,0 +1,51 @@
+"""study/optuna_private.py against the installed Optuna and Ray: each private attribute or call
+the study's crash recovery relies on still exists and does what it did. An upgrade that changes
+one fails here, loudly, instead of silently breaking `--resume`."""
+
+import optuna
+import pytest
+from ray.tune.search.optuna import OptunaSearch
+
+from study import optuna_private as private
+from study.presets import PRESETS
+
+
+@pytest.fixture
+def search():
+    s = OptunaSearch(metric=["quality", "train_cost_s"], mode=["max", "min"], seed=0)
+    s.set_search_properties(None, None, PRESETS["smoke"].space.to_tune())
+    return s
+
+
+def test_tune_trial_ids_map_to_their_optuna_trials(search):
+    params = search.suggest("t1")
+    trials = private.ot_trials(search)
+    assert set(trials) == {"t1"} and isinstance(trials["t1"], optuna.Trial)
+    study = private.ot_study(search)
+    assert isinstance(study, optuna.Study)
+    frozen = study.trials[trials["t1"].number]
+    assert frozen.state == optuna.trial.TrialState.RUNNING and frozen.params == params
+
+
+def test_marking_completed_tells_optuna_nothing(search):
+    search.suggest("t1")
+    private.mark_completed(search, "t1")
+    assert "t1" in search._completed_trials
+    states = [t.state for t in private.ot_study(search).trials]
+    assert states == [optuna.trial.TrialState.RUNNING]
+
+
+def test_adopting_a_half_written_trial_completes_its_parameters(search):
+    study = private.ot_study(search)
+    crashed = study.ask()  # asked by a driver killed after writing one parameter
+    crashed.suggest_float("lr", 1e-3, 2e-3, log=True)
+    frozen = study.trials[crashed.number]
+    adopted = private.adopt(search, frozen)
+    assert adopted.number == crashed.number and len(study.trials) == 1
+    params = study.trials[crashed.number].params
+    assert set(params) == set(PRESETS["smoke"].space.to_dict())
+    assert params["lr"] == frozen.params["lr"]  # what was written stays
+
+
+def test_finished_states_are_optunas_terminal_ones():
+    assert {s for s in optuna.trial.TrialState if s.is_finished()} == set(private.FINISHED)
