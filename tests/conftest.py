@@ -179,3 +179,24 @@ def live():
     yield start
     for run in started:
         run.kill_all()
+
+
+@pytest.fixture(scope="session")
+def trained_model(mnist_dir, tmp_path_factory) -> Path:
+    """The checkpoint directory of a small conditional U-Net trained by `fit` on the offline
+    MNIST: depth 3 × width 16, batch 64, 3 epochs (420 steps, about a minute on 2 cores).
+    Batches of 64 draw legible digits in fewer images than the default 128 (the same model with
+    3 epochs of 128 at lr 2e-3 did not); its coverage vs guidance weight peaks inside the range
+    with margins of ~0.1 either side (benchmarks/RESULTS.md "Quality objective"), so tests of
+    sample quality run on a real model. Load it with `load_checkpoint(path)`."""
+    from trainables.config import TrainConfig, TrialConfig
+    from trainables.train_loop import LocalSession, fit
+    from trainables.unet import UNetConfig
+
+    out = tmp_path_factory.mktemp("trained_model")
+    cfg = TrialConfig(data=DataConfig("mnist-idx", str(mnist_dir)),
+                      model=UNetConfig(depth=3, width=16),
+                      train=TrainConfig(batch_size=64, epochs=3, early_stop_patience=None,
+                                        seed=0))
+    fit(cfg, LocalSession(out, verbose=False))
+    return out

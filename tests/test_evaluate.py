@@ -23,8 +23,8 @@ def mnist(mnist_dir):
 
 
 @pytest.fixture(scope="session")
-def judge(mnist, tmp_path_factory):
-    return load_or_train_judge(mnist, tmp_path_factory.mktemp("cache"), verbose=False)
+def judge(mnist, judge_cache):
+    return load_or_train_judge(mnist, judge_cache, verbose=False)  # shared with test_quality
 
 
 def test_judge_reaches_target_on_offline_mnist(judge):
@@ -32,9 +32,9 @@ def test_judge_reaches_target_on_offline_mnist(judge):
 
 
 def test_judge_is_cached_by_fingerprint(mnist, judge, tmp_path):
-    from trainables.judge import Judge
+    from trainables.judge import _VERSION, Judge
 
-    torch.save(judge.state(), tmp_path / f"judge-v1-{mnist.fingerprint}.pt")
+    torch.save(judge.state(), tmp_path / f"judge-v{_VERSION}-{mnist.fingerprint}.pt")
     again = load_or_train_judge(mnist, tmp_path, verbose=False)  # loads, does not retrain
     assert isinstance(again, Judge) and again.val_acc == judge.val_acc
     x = mnist.val.images[:5]
