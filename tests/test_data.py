@@ -334,7 +334,10 @@ def test_damaged_idx_gives_valid_splits_or_data_error(target, compress, after_gz
         finally:
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
-            assert peak < 16 << 20
+            # A header's claim reaches 784 MB (MAX_IDX_ITEMS images); the honest pair is 16 KB.
+            # 64 MiB leaves room for what other threads of the test process allocate meanwhile
+            # (tracemalloc counts every thread: CI once saw 16.02 MiB from them).
+            assert peak < 64 << 20
     for part in (splits.train, splits.val):
         assert len(part) >= 1 and part.images.shape == (len(part), 1, 28, 28)
         assert part.images.dtype == torch.float32 and part.labels.dtype == torch.int64
