@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from analysis.tables import COSTS, QUALITY_LABELS
+from analysis.tables import COSTS, EARLY, QUALITY_LABELS, mean_front
 
 sns.set_theme(style="whitegrid", font_scale=0.9)
 
@@ -71,6 +71,117 @@ def cost_quality(df: pd.DataFrame, quality_cols: Sequence[str], costs: Sequence[
     return fig
 
 
+def front_errorbars(configs: pd.DataFrame, front: pd.DataFrame, quality_label: str,
+                    reference: float | None = None) -> Figure:
+    """Every configuration at its mean quality and mean training seconds, ± one std over its
+    seeds as error bars (confirmed configurations); the first seed's own point as a small open
+    marker joined to its mean; configurations whose first seed stopped early as triangles; the
+    mean Pareto front as a staircase."""
+    fig, axes = _figure(1, 1, 7.2, 4.2)
+    ax = axes[0, 0]
+    if configs.empty:
+        _empty(ax, "no successful configuration")
+        return fig
+    early = configs["stop_reason"].isin(EARLY)
+    seeds = configs["n"] > 1
+    std = configs.get("quality_std", pd.Series(np.nan, index=configs.index)).fillna(0)
+    cost_std = configs.get("train_cost_s_std", pd.Series(np.nan, index=configs.index)).fillna(0)
+    for mask, marker, label in ((~early, "o", "trained to its budget"),
+                                (early, "v", "first seed stopped early")):
+        for many, colour in ((False, "grey"), (True, "tab:blue")):
+            sel = configs[mask & (seeds == many)]
+            if sel.empty:
+                continue
+            ax.errorbar(sel["train_cost_s_mean"], sel["quality_mean"], yerr=std[sel.index],
+                        xerr=cost_std[sel.index], fmt=marker, ms=7, color=colour, capsize=3,
+                        lw=1, label=f"{label}, {'mean ± std of seeds' if many else 'one seed'}")
+    conf = configs[seeds & configs["quality_first"].notna()] if "quality_first" in configs \
+        else configs.iloc[0:0]
+    for r in conf.itertuples():
+        ax.plot([r.train_cost_s_first, r.train_cost_s_mean], [r.quality_first, r.quality_mean],
+                color="tab:blue", lw=0.6, ls=":")
+    if len(conf):
+        ax.scatter(conf["train_cost_s_first"], conf["quality_first"], s=25, facecolors="none",
+                   edgecolors="tab:blue", label="first seed alone")
+    if len(front):
+        f = front.sort_values("train_cost_s_mean")
+        ax.step(f["train_cost_s_mean"], f["quality_mean"], where="post", color="crimson",
+                lw=1.2, label="Pareto front of the means")
+        for r in f.itertuples():
+            ax.annotate(str(r.config), (r.train_cost_s_mean, r.quality_mean), fontsize=7,
+                        xytext=(5, 5), textcoords="offset points")
+    if reference is not None:
+        ax.axhline(reference, ls="--", color="grey", lw=1)
+        ax.annotate("real digits", (0.01, reference), xycoords=("axes fraction", "data"),
+                    fontsize=7, color="grey", va="bottom")
+    ax.set(xlabel="training seconds (mean over seeds)", ylabel=f"{quality_label} (mean)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.suptitle("Configurations: mean ± std over seeds, with the front of the means")
+    return fig
+
+
+def fronts_overlay(configs: Mapping[str, pd.DataFrame], quality_label: str) -> Figure:
+    """Several studies on one cost-quality plane: each study's configurations (mean ± std over
+    seeds) and the Pareto front of its means, one colour per study."""
+    fig, axes = _figure(1, 1, 7.2, 4.4)
+    ax = axes[0, 0]
+    palette = sns.color_palette("tab10", max(1, len(configs)))
+    costs = []
+    for colour, (name, c) in zip(palette, configs.items(), strict=False):
+        if c.empty:
+            continue
+        std = c["quality_std"].fillna(0) if "quality_std" in c else None
+        ax.errorbar(c["train_cost_s_mean"], c["quality_mean"], yerr=std, fmt="o", ms=5,
+                    color=colour, alpha=0.6, capsize=2, lw=0.8)
+        f = mean_front(c).sort_values("train_cost_s_mean")
+        ax.step(f["train_cost_s_mean"], f["quality_mean"], where="post", color=colour, lw=1.6,
+                label=f"{name} ({len(c)} configurations)")
+        ax.scatter(f["train_cost_s_mean"], f["quality_mean"], s=90, facecolors="none",
+                   edgecolors=colour)
+        costs.append(c["train_cost_s_mean"])
+    if costs:
+        _log_if_wide(ax, pd.concat(costs))
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    else:
+        _empty(ax, "no successful configuration in any study")
+    ax.set(xlabel="training seconds (mean over seeds)", ylabel=f"{quality_label} (mean)")
+    fig.suptitle("Pareto fronts of the studies (circled: on the front; bars: ± std over seeds)")
+    return fig
+
+
+def anytime_chart(points: pd.DataFrame, highlight: Sequence[str] = (),
+                  metric: str = "probe_judge_acc",
+                  quality_label: str = "judge probe accuracy") -> Figure:
+    """Quality against training seconds as each trial trained (the in-training probe after
+    every epoch): the front's configurations in colour, the others grey; a trial's last point
+    is an ✕ where it stopped early, a dot where it used its whole budget."""
+    fig, axes = _figure(1, 1, 7.2, 4.0)
+    ax = axes[0, 0]
+    if points.empty:
+        _empty(ax, "no per-epoch probe history")
+        return fig
+    palette = dict(zip(highlight, sns.color_palette("tab10", max(1, len(highlight))),
+                       strict=False))
+    for _, g in points.groupby("trial_id", sort=False):
+        config = g["config"].iloc[0]
+        colour = palette.get(config, "lightgrey")
+        first = bool(g["first_seed"].iloc[0])
+        label = f"{config}" if config in palette and first else None
+        ax.plot(g["train_seconds"], g[metric], color=colour, lw=1.4 if first else 0.9,
+                ls="-" if first else "--", marker=".", ms=4, label=label,
+                zorder=3 if config in palette else 2)
+        end = g[g["last"]].iloc[0]
+        stopped = end["stop_reason"] in EARLY
+        ax.scatter([end["train_seconds"]], [end[metric]], marker="X" if stopped else "o",
+                   s=70 if stopped else 18, color="black" if stopped else colour, zorder=4)
+    ax.scatter([], [], marker="X", s=70, color="black", label="stopped early here")
+    ax.set(xlabel="training seconds so far", ylabel=quality_label)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1),
+              title="front configs (dashed: other seeds)", title_fontsize=7)
+    fig.suptitle("Anytime view: quality as training went on (would a stopped trial have won?)")
+    return fig
+
+
 def axis_heatmaps(df: pd.DataFrame, quality: str, cost: str = "train_cost_s") -> Figure:
     """Mean quality and mean cost by depth × width (number of trials in each cell annotated)."""
     fig, axes = _figure(1, 2, 4.6, 3.4)
@@ -119,21 +230,21 @@ def importance_chart(imp: pd.DataFrame) -> Figure:
 
 
 def guidance_curves(sweep: pd.DataFrame, metrics: Sequence[str]) -> Figure:
-    """Quality against guidance w for the best trials; the trained w is marked with a star."""
+    """Each trial's guidance search: quality against w; the w it chose is marked with a star."""
     metrics = [m for m in metrics if m in sweep and sweep[m].notna().any()]
     fig, axes = _figure(1, max(1, len(metrics)), 4.2, 3.2)
     for ax, m in zip(axes[0], metrics, strict=False):
         sns.lineplot(sweep, x="guidance", y=m, hue="trial_id", marker="o", ax=ax,
                      legend=m == metrics[-1])
-        if "trained_guidance" in sweep:
+        if "chosen_guidance" in sweep:
             for _, g in sweep.groupby("trial_id"):
-                w = g["trained_guidance"].iloc[0]
+                w = g["chosen_guidance"].iloc[0]
                 y = np.interp(w, g["guidance"], g[m])
                 ax.scatter([w], [y], marker="*", s=140, color="black", zorder=5)
         ax.set(xlabel="guidance w", ylabel=_label(m))
     if not metrics:
-        _empty(axes[0, 0], "no guidance sweep metrics")
-    fig.suptitle("Guidance sweep at evaluation (★ = the w each trial was trained with)")
+        _empty(axes[0, 0], "no guidance search metrics")
+    fig.suptitle("Guidance tuned per trained model (★ = the w each trial's search chose)")
     return fig
 
 
@@ -190,9 +301,11 @@ def training_curves(histories: pd.DataFrame) -> Figure:
 
 
 def recognisability_curve(conf: np.ndarray, labels: np.ndarray, threshold: float = 0.5,
-                          steps: Mapping[int, float] | None = None) -> Figure:
+                          steps: Mapping[int, float] | None = None,
+                          no_digit: np.ndarray | None = None) -> Figure:
     """Mean judge confidence in the requested digit after each reverse step, per digit; the
-    dotted line is the threshold, and `steps` (digit → mean first step) are marked."""
+    dotted line is the threshold, and `steps` (digit → mean first step) are marked. `no_digit`
+    (S+1, N): the judge's probability of its "no digit" class, drawn as its mean (dashed)."""
     fig, axes = _figure(1, 1, 6.5, 3.4)
     ax = axes[0, 0]
     palette = sns.color_palette("tab10", 10)
@@ -202,9 +315,12 @@ def recognisability_curve(conf: np.ndarray, labels: np.ndarray, threshold: float
         s = (steps or {}).get(int(d))
         if s is not None and np.isfinite(s):
             ax.axvline(s, color=palette[int(d) % 10], lw=0.6, ls=":")
-    ax.axhline(threshold, color="black", ls="--", lw=1)
+    if no_digit is not None:
+        ax.plot(np.arange(len(no_digit)), no_digit.mean(axis=1), color="black", ls="--", lw=1.5,
+                label="no digit")
+    ax.axhline(threshold, color="black", ls=":", lw=1)
     ax.set(xlabel=f"reverse step (0 = noise, {conf.shape[0] - 1} = final image)",
-           ylabel="judge confidence in requested digit", ylim=(0, 1))
+           ylabel="judge probability", ylim=(0, 1))
     ax.legend(title="digit", ncols=2, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.suptitle("When does each digit become recognisable?")
     return fig
@@ -216,6 +332,9 @@ def _log_if_wide(ax, values: pd.Series) -> None:
     v = values[values > 0]
     if len(v) and v.max() >= 10 * v.min():
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     else:
         ax.xaxis.set_major_locator(MaxNLocator(4))
 

@@ -12,18 +12,20 @@ Missing pieces (no CLIP, no post-study sweep, a trial without history) are recor
 
 from __future__ import annotations
 
+import csv
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from study.layout import ID_DTYPES, StudyLayout
+from study.layout import ID_DTYPES, StudyLayout, is_plain
 from study.rows import CLIP_COLUMNS, COLUMNS
 
-CLIP_OFF = ("CLIP DISABLED for this study (--no-clip): quality is the judge's conditional "
-            "accuracy, and every CLIP chart and column is absent.")
+CLIP_OFF = ("CLIP DISABLED for this study (--no-clip): the report leads with the quality "
+            "(coverage) instead of CLIP-top-3, and every CLIP chart and column is absent.")
 
 
 class StudyDirError(ValueError):
@@ -62,6 +64,13 @@ class Study:
         return self.record.get("quality_metric") or "judge_acc"
 
     @property
+    def headline_metric(self) -> str:
+        """The number the report leads with: CLIP-top-k when CLIP is on (and scored), else the
+        quality."""
+        metric = self.record.get("headline_metric") or self.quality_metric
+        return metric if metric != "clip_top" or self.clip_enabled else self.quality_metric
+
+    @property
     def clip_configured(self) -> bool:
         return self.spec.get("clip") is not None
 
@@ -92,18 +101,75 @@ class Study:
         return self.ok.dropna(subset=[by]).sort_values(by, ascending=False).head(n)
 
 
-def _read_csv(path: Path) -> pd.DataFrame | None:
-    if not path.exists() or path.stat().st_size == 0:
+#: Columns that hold text (or booleans); every other column of COLUMNS holds numbers, and a
+#: hand-edited cell that is not one is read as empty (with a note).
+TEXT_COLUMNS = {"trial_id", "status", "stop_reason", "error", "confirm_of", "style",
+                "channels", "dataset", "train_dtype", "quality_metric", "clip_model",
+                "eval_sampler", "samples_path", "grid_path", "checkpoint_path",
+                "guidance_curve"}
+#: Larger files than these are not study files: they are skipped, not read.
+MAX_TABLE_BYTES, MAX_JSON_BYTES = 256 * 1024**2, 64 * 1024**2
+
+
+def _read_csv(path: Path, notes: list[str] | None = None) -> pd.DataFrame | None:
+    """A table, or None when it is missing, empty or unreadable (said in `notes`)."""
+    if not path.is_file() or path.stat().st_size == 0:
         return None
+    if path.stat().st_size > MAX_TABLE_BYTES:
+        _skip(notes, path, f"over {MAX_TABLE_BYTES} bytes")
+        return None
+    bad: list[int] = []
     try:
-        df = pd.read_csv(path, dtype=ID_DTYPES)
+        df = pd.read_csv(path, dtype=ID_DTYPES, engine="python", encoding_errors="replace",
+                         on_bad_lines=lambda line: bad.append(1))
     except pd.errors.EmptyDataError:
         return None
+    except (ValueError, pd.errors.ParserError, csv.Error) as e:
+        _skip(notes, path, _why(e))
+        return None
+    if bad:
+        _skip(notes, path, f"{len(bad)} malformed line(s) skipped", whole=False)
     return df if len(df) else None
 
 
-def _read_json(path: Path):
-    return json.loads(path.read_text()) if path.exists() else None
+def _read_json(path: Path, notes: list[str] | None = None):
+    """A JSON file, or None when it is missing or damaged (said in `notes`)."""
+    if not path.is_file():
+        return None
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ValueError(f"over {MAX_JSON_BYTES} bytes")
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:
+        _skip(notes, path, _why(e))
+        return None
+
+
+def _skip(notes: list[str] | None, path: Path, why: str, whole: bool = True) -> None:
+    if notes is not None:
+        notes.append(f"{path.parent.name}/{path.name} is damaged ({why}): "
+                     + ("skipped." if whole else "the rest is shown."))
+
+
+def _why(e: BaseException) -> str:
+    lines = [s for s in str(e).splitlines() if s.strip()]
+    return (lines[0] if lines else type(e).__name__)[:160]
+
+
+def _numbers(df: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """Numeric columns as numbers: a hand-edited cell that is not one becomes empty. (A column
+    none of whose cells is a number is text, whatever its name.)"""
+    for col in df.columns:
+        if col in TEXT_COLUMNS or col not in COLUMNS or pd.api.types.is_numeric_dtype(df[col]):
+            continue
+        values = pd.to_numeric(df[col], errors="coerce")
+        lost = int((values.isna() & df[col].notna()).sum())
+        if values.notna().any():  # a numeric column: its hand-edited cells become empty
+            if lost:
+                notes.append(f"results.csv: {lost} cell(s) of {col} are not numbers; shown "
+                             f"empty.")
+            df[col] = values
+    return df
 
 
 def load_study(path: Path | str) -> Study:
@@ -116,75 +182,166 @@ def load_study(path: Path | str) -> Study:
         raise StudyDirError(f"{path} holds no {layout.results.name}: not a study directory, or "
                             f"the study finished no trial yet")
     notes: list[str] = []
-    raw = pd.read_csv(layout.results, dtype=ID_DTYPES)
+    raw = _read_csv(layout.results, notes)
+    if raw is None or "trial_id" not in raw.columns:
+        if raw is not None:
+            notes.append("results.csv has no trial_id column: its rows are skipped.")
+        raw = pd.DataFrame(columns=COLUMNS)
     absent = [c for c in COLUMNS if c not in raw.columns]
-    if any(c in absent for c in CLIP_COLUMNS):
+    if any(c in absent for c in CLIP_COLUMNS) and len(raw):
         notes.append("results.csv has no CLIP columns (an older or CLIP-less table).")
-    df = raw.reindex(columns=COLUMNS + [c for c in raw.columns if c not in COLUMNS])
+    df = _numbers(raw.reindex(columns=COLUMNS + [c for c in raw.columns if c not in COLUMNS]),
+                  notes)
     df["trial_id"] = df["trial_id"].astype(str)
     df["status"] = df["status"].fillna("unknown")
 
-    record = _read_json(layout.spec) or {}
+    record = _read_json(layout.spec, notes)
+    if not isinstance(record, dict) or not isinstance(record.get("spec", {}), dict):
+        record = None
+    record = record or {}
     if not record:
-        notes.append("study.json is missing: settings, versions and machine are unknown.")
-    reference = _read_json(layout.reference)
-    if reference is None:
+        notes.append("study.json is missing or unreadable: settings, versions and machine are "
+                     "unknown.")
+    reference = _read_json(layout.reference, notes)
+    if not isinstance(reference, dict):
+        reference = None
         notes.append("reference.json is missing: no real-data reference row.")
     if (record.get("spec") or {}).get("clip") is None:
         notes.append(CLIP_OFF)
 
     histories, per_digit = [], []
     for trial_id in df["trial_id"]:
+        if not is_plain(trial_id):
+            notes.append(f"trial id {trial_id[:40]!r} in results.csv is not a plain name: its "
+                         f"files are skipped.")
+            continue
         trial = layout.trial(trial_id)
-        h = _history(trial)
+        h = _history(trial, notes)
         if h:
             histories.append(pd.DataFrame(h).assign(trial_id=trial_id))
-        pd_table = _read_csv(trial.per_digit)
+        pd_table = _read_csv(trial.per_digit, notes)
         if pd_table is not None:
             per_digit.append(pd_table.assign(trial_id=trial_id))
+        if trial.samples.is_file() and not _whole_npz(trial.samples):
+            notes.append(f"{trial_id}/samples.npz is damaged: its pictures are skipped.")
 
     post = layout.post
-    sweep = _read_csv(post.guidance_sweep)
+    sweep = _read_csv(post.guidance_sweep, notes)
+    if sweep is None:  # the post-study step did not run: the trials' own curves
+        sweep = _guidance_curves(layout, df, notes)
     if sweep is None:
-        notes.append(f"No guidance sweep ({post.guidance_sweep.relative_to(path)}): run "
-                     f"`python -m study.post {path}` where the checkpoints are.")
+        notes.append(f"No guidance curves (trials/<id>/guidance.csv, "
+                     f"{post.guidance_sweep.relative_to(path)}).")
     return Study(
         path=path, results=df, record=record, reference=reference,
         histories=pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(),
         per_digit=pd.concat(per_digit, ignore_index=True) if per_digit else pd.DataFrame(),
-        guidance_sweep=sweep, sample_scores=_read_csv(post.sample_scores),
-        recognisable=_read_csv(post.recognisable), post=_read_json(post.summary), notes=notes)
+        guidance_sweep=sweep, sample_scores=_read_csv(post.sample_scores, notes),
+        recognisable=_read_csv(post.recognisable, notes),
+        post=_dict_or_none(_read_json(post.summary, notes)), notes=notes)
 
 
-def _history(trial) -> list[dict]:
+def _guidance_curves(layout: StudyLayout, df: pd.DataFrame, notes: list[str]
+                     ) -> pd.DataFrame | None:
+    """Every ok trial's guidance search from trials/<id>/guidance.csv, with the w it chose as
+    `chosen_guidance` (what study/post.py collects into analysis/guidance_sweep.csv). A trial
+    without that file (a study copied without trials/) falls back on its row's
+    `guidance_curve`, which holds the quality at each w only."""
+    curves = []
+    for row in df[df["status"] == "ok"].itertuples():
+        curve = _read_csv(layout.trial(row.trial_id).guidance, notes) \
+            if is_plain(row.trial_id) else None
+        if curve is None or "guidance" not in curve:
+            curve = _curve_cell(row.guidance_curve, row.quality_metric)
+        if curve is not None:
+            curves.append(curve.assign(trial_id=row.trial_id, chosen_guidance=row.guidance))
+    return pd.concat(curves, ignore_index=True) if curves else None
+
+
+def _curve_cell(cell, metric) -> pd.DataFrame | None:
+    """results.csv's `guidance_curve` cell, JSON {w: quality}, as a (guidance, metric) table."""
+    if not isinstance(cell, str) or not isinstance(metric, str):
+        return None
+    try:
+        points = {float(w): float(q) for w, q in json.loads(cell).items()}
+    except (ValueError, TypeError, AttributeError):  # a hand-edited cell: no curve
+        return None
+    return pd.DataFrame({"guidance": list(points), metric: list(points.values())}) \
+        if points else None
+
+
+def _dict_or_none(value) -> dict | None:
+    return value if isinstance(value, dict) else None
+
+
+def _history(trial, notes: list[str]) -> list[dict]:
     """Per-epoch metrics: outcome.json of a trial that ran its own evaluation, else the
-    checkpoint of one stopped by ASHA (which never wrote an outcome)."""
-    outcome = _read_json(trial.outcome)
+    checkpoint of one stopped by ASHA (which never wrote an outcome). A damaged file is
+    skipped with a note."""
+    outcome = _read_json(trial.outcome, notes)
     if outcome is not None:
-        return outcome.get("history", [])
+        history = outcome.get("history", []) if isinstance(outcome, dict) else None
+        if isinstance(history, list) and all(isinstance(h, dict) for h in history):
+            return history
+        notes.append(f"{trial.root.name}/outcome.json has no readable history: skipped.")
+        return []
     ckpt = trial.checkpoint
     if ckpt.exists():
         import torch  # only for ASHA-stopped trials; their history lives in the checkpoint
 
-        return torch.load(ckpt, map_location="cpu", weights_only=True).get("history", [])
+        try:
+            history = torch.load(ckpt, map_location="cpu", weights_only=True).get("history", [])
+            return history if isinstance(history, list) else []
+        except Exception as e:  # a truncated or edited checkpoint: torch raises many types
+            notes.append(f"{trial.root.name}/checkpoint.pt is damaged ({_why(e)}): its "
+                         f"training curve is skipped.")
     return []
 
 
+def _whole_npz(path: Path) -> bool:
+    """An .npz is a zip archive: a truncated or edited one fails its CRC check."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
+
+
 def load_samples(study: Study, trial_id: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(images uint8 (N, 28, 28), labels (N,)) of a trial's evaluation samples, or None."""
-    f = study.layout.trial(trial_id).samples
-    if not f.exists():
+    """(images uint8 (N, 28, 28), labels (N,)) of a trial's evaluation samples, or None when
+    they are missing or damaged (load_study notes which)."""
+    if not is_plain(trial_id):
         return None
-    with np.load(f, allow_pickle=False) as z:
-        return z["images"], z["labels"]
+    f = study.layout.trial(trial_id).samples
+    if not f.exists() or not _whole_npz(f):
+        return None
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            return z["images"], z["labels"]
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
 
 
 def load_npz(f: Path) -> dict | None:
     """A post-study array file (study.layout.post.trajectory, ...) as a dict, or None."""
-    if not f.exists():
+    if not f.exists() or not _whole_npz(f):
         return None
-    with np.load(f, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+def load_progress(study: Study, trial_id: str) -> dict | None:
+    """A trial's probe samples after each epoch (trials/<id>/progress.npz): images (E, N, 28, 28)
+    uint8, labels (N,), epochs (E,), guidance (E,); None when missing or damaged."""
+    if not is_plain(trial_id):
+        return None
+    z = load_npz(study.layout.trial(trial_id).progress)
+    if z is None or not {"images", "labels", "epochs"} <= set(z) or z["images"].ndim != 4:
+        return None
+    return z
 
 
 def sample_picks(study: Study, trial_id: str) -> dict[str, np.ndarray]:

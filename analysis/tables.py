@@ -1,9 +1,15 @@
-"""Derived tables of a study: Pareto fronts, cost totals, failures, hyperparameter importance,
-per-digit scores and selection gains. Each function takes a ``Study`` (or a DataFrame) and
-returns a pandas DataFrame the report prints and the charts draw.
+"""Derived tables of a study: Pareto fronts, configurations with their seeds (mean ± std), the
+anytime view, cost totals, failures, hyperparameter importance, per-digit scores and selection
+gains. Each function takes a ``Study`` (or a DataFrame) and returns a pandas DataFrame (or a
+small dict) the report prints and the charts draw.
 
     front = pareto_front(study.ok, quality="judge_acc", cost="train_cost_s")
+    configs = configurations(study.ok, study.axes)   # one row per configuration, mean ± std
+    best = best_for_cost(configs)                    # the answer the report leads with
     imp, why = importances(study)        # (None, reason) when Optuna cannot rank the axes
+
+A *configuration* is a point of the searched axes (``Study.axes``): a first-seed trial and the
+confirmation runs that repeat it with other seeds (``confirm_of`` = its trial id).
 """
 
 from __future__ import annotations
@@ -17,15 +23,28 @@ from analysis.results import Study
 COSTS = {"train_cost_s": "training seconds",
          "train_gflops": "training GFLOPs (3 × forward GFLOPs × images seen)"}
 QUALITY_LABELS = {"clip_top": "CLIP-top-k score", "judge_acc": "judge accuracy",
+                  "coverage": "coverage (class-conditional, judge features)",
+                  "recall": "recall (class-conditional)", "precision": "precision",
                   "frechet": "Fréchet distance (judge features)", "clip_all": "CLIP score (all)",
                   "judge_conf": "judge confidence", "quality": "quality"}
 #: Front columns beside the study's searched axes (Study.axes).
 FRONT_METRICS = ["quality", "judge_acc", "clip_top", "frechet", "train_cost_s", "train_gflops",
                  "params"]
 
+#: Columns summarised per configuration as mean ± std over its seeds.
+SEED_METRICS = ["quality", "judge_acc", "recall", "precision", "clip_top", "judge_acc_top_clip",
+                "frechet", "train_cost_s", "trial_wall_s", "train_gflops"]
+#: Stop reasons of a trial that ended before its epoch budget (the anytime view marks them).
+EARLY = ("asha", "early_stop", "time_budget", "step_budget")
+#: Every cost column of a trial, in the order the report's trial table shows them.
+COST_COLUMNS = ["train_seconds", "trial_wall_s", "worker_seconds", "gpu_seconds", "startup_s",
+                "images_per_s", "sample_s_per_image", "eval_s", "forward_gflops",
+                "train_gflops", "params"]
+
 __all__ = ["pareto_front", "qualities", "fronts", "front_table", "total_cost", "failures",
            "importances", "per_digit_long", "selection_gain", "reference_table",
-           "to_markdown", "COSTS", "QUALITY_LABELS"]
+           "configurations", "mean_front", "best_for_cost", "best_trial", "seed_order",
+           "anytime", "trial_costs", "to_markdown", "COSTS", "QUALITY_LABELS", "SEED_METRICS"]
 
 
 def pareto_front(df: pd.DataFrame, quality: str = "quality", cost: str = "train_cost_s",
@@ -58,6 +77,117 @@ def front_table(study: Study) -> pd.DataFrame:
     cols = [c for c in ["trial_id", *study.axes, *FRONT_METRICS]
             if c in df and (c != "clip_top" or study.clip_enabled)]
     return pareto_front(first_seed, "quality", "train_cost_s")[cols]
+
+
+def configurations(ok: pd.DataFrame, axes) -> pd.DataFrame:
+    """One row per configuration of the successful trials `ok`: ``config`` (the first-seed
+    trial's id), its axes, ``n`` (runs with a quality), ``stop_reason`` of the first seed, the
+    trial ids, and for each SEED_METRICS column present: ``<m>_first`` (the first seed's value),
+    ``<m>_mean`` and ``<m>_std`` (sample std over the seeds; NaN with one seed). Sorted by mean
+    quality, best first."""
+    ok = ok.dropna(subset=["quality"])
+    if ok.empty:
+        return pd.DataFrame(columns=["config", "n", *axes])
+    key = ok["confirm_of"].where(ok["confirm_of"].notna(), ok["trial_id"]).astype(str)
+    metrics = [m for m in SEED_METRICS if m in ok and ok[m].notna().any()]
+    rows = []
+    for config, g in ok.assign(config=key).groupby("config", sort=False):
+        first = g[g["confirm_of"].isna()]
+        head = (first if len(first) else g).iloc[0]
+        row = {"config": config, **{a: head[a] for a in axes if a in g}, "n": len(g),
+               "stop_reason": head["stop_reason"] if len(first) else None,
+               "trials": " ".join(g["trial_id"].astype(str))}
+        for m in metrics:
+            v = pd.to_numeric(g[m], errors="coerce")
+            row[f"{m}_first"] = float(first[m].iloc[0]) if len(first) else np.nan
+            row[f"{m}_mean"] = float(v.mean())
+            row[f"{m}_std"] = float(v.std(ddof=1)) if v.notna().sum() > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("quality_mean", ascending=False, kind="stable") \
+        .reset_index(drop=True)
+
+
+def mean_front(configs: pd.DataFrame) -> pd.DataFrame:
+    """The Pareto front of configurations by mean quality and mean training seconds."""
+    if configs.empty or "quality_mean" not in configs:
+        return configs
+    return pareto_front(configs, "quality_mean", "train_cost_s_mean")
+
+
+def best_for_cost(configs: pd.DataFrame) -> dict | None:
+    """The answer a report leads with: on the mean front, the configuration of highest mean
+    quality (ties: higher judge accuracy, then recall, then cheaper), and what it gains over the
+    next-cheapest front configuration. None without a configuration.
+
+    Returns {"best": row, "runner_up": row or None (the next-cheapest front point; without one,
+    the second-best configuration overall), "runner_up_on_front": bool, "gain", "gain_std"
+    (sqrt of the two seed variances, a one-seed side taking the other's; NaN when neither has
+    seeds), "cost_ratio": best's mean training seconds ÷ the runner-up's}."""
+    front = mean_front(configs)
+    if front.empty:
+        return None
+    keys = [c for c in ("quality_mean", "judge_acc_mean", "recall_mean") if c in front]
+    order = front.sort_values([*keys, "train_cost_s_mean"],
+                              ascending=[False] * len(keys) + [True], kind="stable")
+    best = order.iloc[0]
+    cheaper = front[front["train_cost_s_mean"] < best["train_cost_s_mean"]]
+    on_front = len(cheaper) > 0
+    if on_front:
+        runner = cheaper.iloc[-1]  # the front is sorted by cost: the next-cheapest point
+    else:
+        rest = configs[configs["config"] != best["config"]]
+        runner = rest.iloc[0] if len(rest) else None  # configs are sorted best first
+    out = {"best": best, "runner_up": runner, "runner_up_on_front": on_front,
+           "gain": np.nan, "gain_std": np.nan, "cost_ratio": np.nan}
+    if runner is not None:
+        out["gain"] = best["quality_mean"] - runner["quality_mean"]
+        # one side run with one seed: its spread taken to be the other's (same protocol)
+        stds = [v for v in (best["quality_std"], runner["quality_std"]) if pd.notna(v)]
+        if stds:
+            out["gain_std"] = float(np.hypot(stds[0], stds[-1]))
+        if runner["train_cost_s_mean"] > 0:
+            out["cost_ratio"] = best["train_cost_s_mean"] / runner["train_cost_s_mean"]
+    return out
+
+
+def seed_order(configs: pd.DataFrame) -> dict:
+    """Whether the confirmed configurations (n > 1) rank the same by their first seed's quality
+    as by their mean: {"compared": how many, "kept": bool or None (fewer than 2 compared),
+    "first": ids by first-seed quality, "mean": ids by mean quality, best first}."""
+    c = configs[configs["n"] > 1].dropna(subset=["quality_first", "quality_mean"]) \
+        if "quality_first" in configs else configs.iloc[0:0]
+    first = list(c.sort_values("quality_first", ascending=False, kind="stable")["config"])
+    mean = list(c.sort_values("quality_mean", ascending=False, kind="stable")["config"])
+    return {"compared": len(c), "kept": first == mean if len(c) > 1 else None,
+            "first": first, "mean": mean}
+
+
+def anytime(histories: pd.DataFrame, results: pd.DataFrame,
+            metric: str = "probe_judge_acc") -> pd.DataFrame:
+    """Quality as training went on: per trial and epoch, the cumulative training seconds and the
+    in-training probe (`metric`), with the trial's configuration, its stop reason, whether it
+    was a first seed, and `last` on each trial's final epoch (where an early stop ended it)."""
+    cols = ["trial_id", "epoch", "train_seconds", metric]
+    if histories.empty or not {"epoch", "train_seconds", metric} <= set(histories):
+        return pd.DataFrame(columns=[*cols, "config", "stop_reason", "first_seed", "last"])
+    h = histories[cols].dropna(subset=["train_seconds", metric])
+    info = results[["trial_id", "confirm_of", "stop_reason", "status"]].assign(
+        config=lambda d: d["confirm_of"].where(d["confirm_of"].notna(), d["trial_id"]),
+        first_seed=lambda d: d["confirm_of"].isna())
+    out = h.merge(info.drop(columns="confirm_of"), on="trial_id", how="inner")
+    out = out.sort_values(["trial_id", "epoch"]).reset_index(drop=True)
+    out["last"] = ~out["trial_id"].duplicated(keep="last")
+    return out
+
+
+def trial_costs(df: pd.DataFrame, axes) -> pd.DataFrame:
+    """Every trial with its axes, outcome, quality and every cost column; sampling seconds per
+    image is the evaluation's sampling time over its samples."""
+    d = df.assign(sample_s_per_image=pd.to_numeric(df["eval_sample_s"], errors="coerce")
+                  / pd.to_numeric(df["n_samples"], errors="coerce"))
+    cols = ["trial_id", "confirm_of", *[a for a in axes if a in d], "status", "stop_reason",
+            "epochs_run", "quality", "judge_acc", "recall", "guidance", *COST_COLUMNS]
+    return d[[c for c in cols if c in d]].reset_index(drop=True)
 
 
 def total_cost(df: pd.DataFrame) -> dict:
@@ -143,20 +273,29 @@ def selection_gain(scores: pd.DataFrame, k: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def best_trial(study: Study) -> str | None:
+    """The first-seed trial of the configuration `best_for_cost` names (None without one)."""
+    verdict = best_for_cost(configurations(study.ok, study.axes))
+    return None if verdict is None else str(verdict["best"]["config"])
+
+
 def reference_table(study: Study) -> pd.DataFrame:
-    """The real-data reference row next to the best trial's row (same metrics)."""
+    """The real-data reference row next to the best configuration's first-seed trial (same
+    metrics)."""
     if not study.reference:
         return pd.DataFrame()
-    metrics = ["judge_acc", "judge_conf", "judge_acc_top_judge", "frechet"]
+    metrics = ["coverage", "precision", "recall", "judge_acc", "judge_no_digit", "judge_conf",
+               "judge_acc_top_judge", "frechet"]
     if study.clip_enabled:
-        metrics += ["clip_top", "clip_all", "clip_gain", "clip_acc_all", "clip_acc_top"]
+        metrics += ["clip_top", "clip_all", "clip_gain", "clip_acc_all", "clip_acc_top",
+                    "judge_acc_top_clip"]
     rows = [{"source": study.reference.get("source", "real digits"),
              **{m: study.reference.get(m) for m in metrics}}]
-    best = study.best(study.quality_metric)
+    best = study.ok[study.ok["trial_id"] == best_trial(study)]
     if len(best):
         rows.append({"source": f"best trial {best['trial_id'].iloc[0]}",
                      **{m: best[m].iloc[0] for m in metrics}})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).dropna(axis=1, how="all")
 
 
 def to_markdown(df: pd.DataFrame, digits: int = 4) -> str:

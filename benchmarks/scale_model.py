@@ -23,11 +23,15 @@ The model (every number comes from the inputs file, each with its source):
 - **The driver** (the Tune driver process) is one serial server, first come first served: per
   trial an Optuna ask and a tell (latency interpolated in the measured table against the number
   of finished trials) plus ``driver_trial_s``; per reported result ``driver_result_s``; and,
-  when ``stopped_eval_in_driver`` is set (as the study does now), the evaluation of every
-  ASHA-stopped trial (``driver_eval_s``, on the driver's machine). Results do not block
-  training (Train V2 hands them to Tune through a queue). A trial waits at a rung for the
-  driver's decision: in Tune its workers train on meanwhile, but epochs past a STOP are lost,
-  so the model counts that time as the driver's.
+  when ``stopped_eval_in_driver`` is set (as the study did until 2 Dec 2026), the evaluation of
+  every ASHA-stopped trial (``driver_eval_s``, on the driver's machine). Results do not block
+  training (Train V2 hands them to Tune through a queue).
+- **Rung decisions.** The study decides ASHA inside each trial: after a rung's epoch the
+  trial's rank 0 asks the study's RungKeeper actor (study/rungs.py), a round trip of
+  ``rung_s``, and a stopped trial evaluates itself in its own slot. With ``rungs_in_driver``
+  (Tune's scheduler, as the study did until 2 Dec 2026) the decision waits in the driver's
+  queue: in Tune a trial's workers train on meanwhile, but epochs past a STOP are lost, so the
+  model counts that time as the driver's.
 - **Overlap.** ``prestart`` more trials than slots may be in flight: they launch and start up
   without a slot and take the first one that frees (a what-if: the study does not do this).
 
@@ -74,6 +78,8 @@ class Scenario:
     asha_grace: int | None = None  # ASHA grace period in epochs (None: no ASHA)
     asha_rf: float = 3.0
     stopped_eval_in_driver: bool = False
+    rungs_in_driver: bool = False  # ASHA in Tune's driver (before), not the RungKeeper actor
+    rung_s: float = 0.0  # a trial's round trip to the RungKeeper at a rung
     driver_eval_s: float | None = None  # a stopped trial's evaluation in the driver (≠ eval_s)
     driver_trial_s: float = 0.0  # the driver's own cost per trial (besides Optuna)
     driver_result_s: float = 0.0  # the driver's cost per reported result
@@ -304,9 +310,12 @@ def simulate(s: Scenario) -> Result:
             push(t + s.epoch_overhead_s, "reported", i)
         elif kind == "reported":
             decided = driver(t, s.driver_result_s)
-            if tr.epoch in rungs:  # the trial waits for ASHA's decision in the driver
+            if tr.epoch in rungs and s.rungs_in_driver:  # waits for ASHA in the driver
                 set_phase(i, "driver", t)
                 push(decided, "decided", i)
+            elif tr.epoch in rungs:  # asks the RungKeeper itself
+                set_phase(i, "epoch", t)
+                push(t + s.rung_s, "decided", i)
             else:
                 after_epoch(i, t)
         elif kind == "decided":
@@ -368,19 +377,20 @@ def load_inputs(path: Path) -> dict[str, tuple[Scenario, dict]]:
     return out
 
 
-def what_if(s: Scenario, eval_on_gpu=False, report_every=1, overlap=False, train_x=1,
+def what_if(s: Scenario, before=False, report_every=1, overlap=False, train_x=1,
             trials_x=1, per_gpu=None) -> Scenario:
-    """The scenario with settings changed (settings, not measurements)."""
+    """The scenario with settings changed (settings, not measurements). `before`: ASHA in
+    Tune's driver, which also evaluated the trials it stopped (the study until 2 Dec 2026)."""
     k = per_gpu or s.trials_per_device
-    return replace(s, stopped_eval_in_driver=s.stopped_eval_in_driver and not eval_on_gpu,
+    return replace(s, stopped_eval_in_driver=before, rungs_in_driver=before,
                    epoch_overhead_s=s.epoch_overhead_s / report_every,
                    prestart=s.devices * k if overlap else s.prestart, epoch_s=s.epoch_s * train_x,
                    trials=s.trials * trials_x, trials_per_device=k)
 
 
 LADDER = (  # applied one after another
-    ("as the study runs now", {}),
-    ("ASHA-stopped trials evaluated on their own GPU, not in the driver", {"eval_on_gpu": True}),
+    ("before: ASHA in the driver, which evaluated the trials it stopped", {"before": True}),
+    ("as the study runs now: ASHA in the trials, each evaluates itself", {"before": False}),
     ("+ validation, checkpoint and report every 10 epochs", {"report_every": 10}),
     ("+ the next trial starts up while the slots train (overlap)", {"overlap": True}),
     ("+ 16× the training per trial (bigger models, more data)", {"train_x": 16}),
@@ -441,7 +451,7 @@ def cluster(s: Scenario, seeds: int) -> None:
           f"| training × | trials | per GPU | {header}\n|" + " ---: |" * 12)
     below = []
     for train_x, trials_x, k in itertools.product((1, 4, 16, 64), (1, 4), (2, 1)):
-        x = what_if(s, eval_on_gpu=True, report_every=10, overlap=True, train_x=train_x,
+        x = what_if(s, report_every=10, overlap=True, train_x=train_x,
                     trials_x=trials_x, per_gpu=k)
         text, lost = table_row(f"{train_x} | {x.trials} | {k}", x, seeds)
         print(text)

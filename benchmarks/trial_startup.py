@@ -5,6 +5,15 @@ reports) with a trial's resources, backend and worker env (``study.trial.trainer
     python benchmarks/trial_startup.py --runs 3              # CPU workers (gloo)
     python benchmarks/trial_startup.py --runs 3 --gpu        # GPU workers (nccl), then CPU again
     python benchmarks/trial_startup.py --runs 3 --concurrent 2   # then 2 trainers at once
+    python benchmarks/trial_startup.py --runs 4 --variants       # what the worker env costs
+
+``--variants`` compares, each in a Ray session of its own, ways to start the trial's workers:
+``env`` gives them a runtime env (``OMP_NUM_THREADS``, as the study did: every worker is a
+fresh process, since the raylet hands pooled or prestarted workers only to actors whose runtime
+env matches), ``propagated`` gives them none but keeps the ``RAY_TRAIN_*`` variables the driver
+sets (Train V2 copies those into every worker's runtime env: fresh processes again), ``bare``
+sets neither (prestarted workers can be used), and ``bare+preload`` also has Ray's prestarted
+workers import torch (``preload_python_modules``).
 
 Per run it prints when each of Ray Train's actors was constructed and each of its remote calls
 that took 0.1 s or more started, with how long it ran (from ``ray.timeline()``); when the worker
@@ -43,7 +52,8 @@ def worker_fn(config: dict) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def one_run(sizing: dict, env: dict, storage: str, name: str, timeline: bool = True) -> dict:
+def one_run(sizing: dict, env: dict | None, storage: str, name: str,
+            timeline: bool = True) -> dict:
     """`sizing` and `env`: `study.trial.trainer_sizing(...)` and `worker_env(...)`, built by the
     caller, so that a task running this unpickles Ray's config objects, not the project."""
     import ray
@@ -109,6 +119,49 @@ def _tag(gpu: bool) -> str:
     return "gpu" if gpu else "cpu"
 
 
+#: name → (worker runtime env, keep the RAY_TRAIN_* variables, preload torch in Ray's workers)
+VARIANTS = {"env": (True, True, False), "propagated": (False, True, False),
+            "bare": (False, False, False), "bare+preload": (False, False, True)}
+
+
+def variants(runs: int, storage: str) -> None:
+    """Each VARIANTS entry in a Ray session of its own: `runs` trainers one after another,
+    then the median time to the worker function (the first run of a session included)."""
+    import ray
+
+    from study.spec import Sizing
+    from study.trial import trainer_sizing, worker_env
+
+    sizing = Sizing(1, 1, 0.0)
+    train_vars = {k: v for k, v in RAY_ENV.items() if k.startswith("RAY_TRAIN_")}
+    summary = {}
+    for name, (with_env, keep_train_vars, preload) in VARIANTS.items():
+        for k, v in train_vars.items():  # read by Train V2 in this process at fit()
+            if keep_train_vars:
+                os.environ[k] = v
+            else:
+                os.environ.pop(k, None)
+        ray.init(address="local", include_dashboard=False, num_cpus=os.cpu_count(),
+                 _system_config={"preload_python_modules": ["torch"]} if preload else None)
+        try:
+            rows = [one_run(trainer_sizing(1, sizing), worker_env(sizing) if with_env else None,
+                            storage, f"startup-{name}-{i}".replace("+", "-"), timeline=False)
+                    for i in range(runs)]
+        finally:
+            ray.shutdown()
+        entered = [r["worker function entered"] for r in rows]
+        returned = [r["fit() returned"] for r in rows]
+        summary[name] = statistics.median(entered)
+        print(f"{name:<13} worker function entered +{statistics.median(entered):5.2f} s "
+              f"({' / '.join(f'{x:.2f}' for x in entered)}); fit() returned "
+              f"+{statistics.median(returned):5.2f} s", flush=True)
+    for k, v in train_vars.items():
+        os.environ[k] = v
+    base = summary["env"]
+    for name, t in summary.items():
+        print(f"start-up ratio ({name} / env): {t / base:.2f}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -117,6 +170,9 @@ def main(argv=None) -> None:
     p.add_argument("--concurrent", type=int, default=0, metavar="K",
                    help="then launch K trainers at once, each from its own Ray task (as Tune's "
                    "trial actors do; GPU workers get 1/K of the GPU), and time them")
+    p.add_argument("--variants", action="store_true",
+                   help="compare how the workers are started (see above) on CPU workers, "
+                   "each in a Ray session of its own, instead of the runs above")
     a = p.parse_args(argv)
     import ray
     import torch
@@ -128,6 +184,10 @@ def main(argv=None) -> None:
     if a.gpu and not torch.cuda.is_available():
         sys.exit("trial_startup.py: --gpu needs a CUDA GPU")
     print(f"# Ray Train trial start-up — {machine()}; 1 worker, {a.runs} runs per device")
+    if a.variants:
+        with tempfile.TemporaryDirectory() as tmp:
+            variants(a.runs, tmp)
+        return
     # worker_fn is pickled by value: the workers need nothing of the project's on their path
     ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1")
     try:

@@ -13,6 +13,7 @@ import copy
 import importlib.util
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -34,6 +35,7 @@ DASHBOARD_PORT = 8265  # the dashboard and Jobs API port on the head node (Ray's
 #: Keys a cluster.yaml must have (Ray's schema itself requires only the first two).
 REQUIRED_KEYS = ("cluster_name", "provider", "available_node_types", "head_node_type")
 TUNNEL_TIMEOUT_S = 120  # how long the forwarded dashboard may take to answer
+CLUSTER_YAML_BYTES = 1024**2  # a cluster file is a few kB
 
 
 def load_cluster_config(path: Path) -> dict:
@@ -41,10 +43,13 @@ def load_cluster_config(path: Path) -> dict:
     import jsonschema
     from ray.autoscaler._private.util import prepare_config, validate_config
 
+    from study.checks import read_bounded
+
     if not path.is_file():
         raise ClusterError(f"--cluster {path}: no such file")
     try:
-        config = yaml.safe_load(path.read_text())
+        config = yaml.safe_load(read_bounded(path, CLUSTER_YAML_BYTES, "--cluster")
+                                .decode("utf-8", "replace"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise ClusterError(f"--cluster {path}: not valid YAML" + (
@@ -67,7 +72,32 @@ def load_cluster_config(path: Path) -> dict:
         raise ClusterError(f"--cluster {path}: {one_line(e, 300)}") from None
     finally:
         quiet.setLevel(level)
+    check_gpu_types(config, path)
     return config
+
+
+#: Instance types that have GPUs: AWS P and G families (p3, p4d, p5, g4dn, g5, g6, gr6, ...),
+#: GCP's accelerator-optimised machines (a2, a3, g2) and Azure's N series (NC, ND, NV).
+GPU_INSTANCE_TYPES = re.compile(r"(?:(?:p|g|gr)\d[a-z0-9-]*\.\w+|(?:a2|a3|g2)-\w[\w-]*|"
+                                r"Standard_N[CDGV]\w*)", re.IGNORECASE)
+
+
+def check_gpu_types(config: dict, path: Path) -> None:
+    """Every worker type on a GPU instance declares its GPUs (``resources: {GPU: n}``): the
+    autoscaler brings up only node types that say they have what a trial asks for, and the
+    study plans for the GPUs declared (max_gpus), so a missing line runs the study on CPU."""
+    for name, t in config["available_node_types"].items():
+        if name == config["head_node_type"]:
+            continue  # the head's GPUs are found by `ray start` on it
+        node = t.get("node_config") or {}
+        kind = (node.get("InstanceType") or node.get("machineType") or node.get("vmSize")
+                or (node.get("azure_arm_parameters") or {}).get("vmSize") or "")
+        gpus = bool(node.get("guestAccelerators")) or bool(GPU_INSTANCE_TYPES.fullmatch(
+            str(kind)))
+        if gpus and "GPU" not in (t.get("resources") or {}):
+            raise ClusterError(f"--cluster {path}: node type {name} ({kind or 'accelerators'}) "
+                               f"has GPUs but no 'GPU' in its resources, so the study would "
+                               f"run on CPU: add e.g. 'resources: {{CPU: 4, GPU: 1}}' to it")
 
 
 def max_gpus(config: dict) -> int:
@@ -108,10 +138,11 @@ class Launcher:
         sdk.rsync(config, source=source, target=target, down=True)
 
     def ensure_token(self) -> None:
-        """cluster.yaml mounts ~/.ray/auth_token on every node: create it once if missing."""
-        if not (Path.home() / ".ray" / "auth_token").is_file():
-            subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "get-auth-token",
-                            "--generate"], check=True, capture_output=True)
+        """cluster.yaml mounts ~/.ray/auth_token on every node: create it once if missing,
+        readable by its owner only (study/auth_token.py)."""
+        from study.auth_token import ensure_token
+
+        ensure_token()
 
 
 @contextmanager
@@ -122,7 +153,11 @@ def dashboard(config: dict, launcher: Launcher) -> Iterator[str]:
         raise ClusterError("--cluster with an AWS cluster.yaml needs boto3 on this machine: "
                            "pip install boto3 (and AWS credentials, e.g. `aws configure`)")
     config = with_project_paths(config)
-    launcher.ensure_token()
+    try:
+        launcher.ensure_token()
+    except OSError as e:
+        raise ClusterError(f"cannot create the cluster's token file ({one_line(e, 200)}): "
+                           f"check ~/.ray is writable") from None
     try:
         head = launcher.up(config)
     except Exception as e:  # provider errors come in many types; the launcher logged details
@@ -132,7 +167,11 @@ def dashboard(config: dict, launcher: Launcher) -> Iterator[str]:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="cluster-") as f:
         yaml.safe_dump(config, f)
         f.flush()
-        tunnel = launcher.tunnel(f.name, port)
+        try:
+            tunnel = launcher.tunnel(f.name, port)
+        except OSError as e:
+            raise ClusterError(f"cannot start the SSH tunnel to the dashboard "
+                               f"({one_line(e, 200)})") from None
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_until_up(url, tunnel)

@@ -3,11 +3,12 @@
 Tune tells two parties a trial ended, the searcher (study/search.py) and ``ResultsCallback``;
 whichever comes first makes the row through the ``Finalizer`` of the study, which
 
-- classifies the trial's last result: a final report (completed or diverged), an epoch report
-  with a checkpoint (stopped by ASHA), or nothing usable (failed);
+- classifies the trial's last result: the trial's final report (it trained until its budget,
+  an early stop or ASHA ended it, and evaluated itself; or it diverged), or nothing usable;
 - copies the trial's checkpoint and artefacts into ``trials/<id>/``;
-- evaluates an ASHA-stopped trial's last checkpoint with the study's own protocol;
 - builds the row with study/rows.py and upserts it into results.csv.
+
+Nothing is evaluated here: every trial evaluates itself on its own resources (study/rungs.py).
 
 Rows recorded before an interruption are final: a resumed study reuses them as they are.
 """
@@ -19,10 +20,11 @@ from pathlib import Path
 from ray import tune
 
 from study import results, rows
+from study.console import CONSOLE, trial_line
 from study.layout import StudyLayout
+from study.mirror import mirror_for
 from study.search_space import apply, hyperparameters
 from study.spec import StudyRecord
-from trainables.errors import one_line
 
 _finalizers: dict[str, Finalizer] = {}
 
@@ -47,13 +49,14 @@ class Finalizer:
                                    sizing.gpus_per_worker if sizing else 0.0,
                                    self.spec.quality_metric)
         self.rows: dict[str, dict] = results.finished_rows(layout.root)
-        self._tools = None  # judge, CLIP, real digits: loaded once, if a stopped trial needs them
         self._sizes: dict = {}  # UNetConfig -> its size columns
 
     def __call__(self, trial_id: str, result: dict | None, config: dict) -> dict:
         if trial_id not in self.rows:
             self.rows[trial_id] = self._finalize(trial_id, result or {}, config)
             results.upsert(self.layout.root, self.rows[trial_id])
+            if (mirror := mirror_for(self.spec)) is not None:  # an object-store study
+                mirror.after_row(trial_id)
         return self.rows[trial_id]
 
     def _finalize(self, trial_id: str, result: dict, config: dict) -> dict:
@@ -65,21 +68,10 @@ class Finalizer:
         if result.get("final"):
             if result.get("final_checkpoint"):
                 self._checkpoint(result["final_checkpoint"]).to_directory(str(trial.root))
-            row = rows.completed(trial_id, cfg, result, wall, self.ctx, **extra,
+            return rows.finished(trial_id, cfg, result, wall, self.ctx, **extra,
                                  artefacts=self._artefacts(trial))
-        elif result.get("checkpoint_path"):  # stopped by ASHA after at least one epoch
-            try:
-                self._checkpoint(result["checkpoint_path"]).to_directory(str(trial.root))
-                evaluation = self._evaluate(trial.root)
-                row = rows.stopped(trial_id, cfg, result, evaluation, wall, self.ctx, **extra,
-                                   artefacts=self._artefacts(trial))
-            except Exception as e:  # an exception here would error the trial in Tune (retried)
-                row = rows.failed(trial_id, cfg, f"evaluating the stopped trial: {one_line(e)}",
-                                  self.ctx, result, wall, **extra)
-        else:
-            row = rows.failed(trial_id, cfg, result.get("error") or "no result reported",
-                              self.ctx, result, wall, **extra)
-        return row
+        return rows.failed(trial_id, cfg, result.get("error") or "no result reported", self.ctx,
+                           result, wall, **extra)
 
     def _artefacts(self, trial) -> dict:
         return {"samples_path": self.layout.relative(trial.samples),
@@ -105,39 +97,24 @@ class Finalizer:
                                       "forward_gflops": forward_flops(model) / 1e9}
         return self._sizes[cfg.model]
 
-    def _evaluate(self, trial_dir: Path) -> dict:
-        """The study's evaluation of a stopped trial's checkpoint, written beside it."""
-        import torch
-
-        from trainables.eval_tools import EvalTools
-        from trainables.evaluate import evaluate_model
-        from trainables.train_loop import load_checkpoint
-
-        if self._tools is None:
-            self._tools = EvalTools.load(torch.load(self.layout.judge, weights_only=True),
-                                         self.spec.clip, self.spec.base.data)
-        t = self._tools
-        cfg, _, ema, _ = load_checkpoint(trial_dir)
-        return evaluate_model(ema, cfg, t.judge, t.clip, t.real, trial_dir, self.spec.evaluation,
-                              grid_title=f"w = {cfg.sample.guidance:.2f} (stopped early)")
-
 
 class ResultsCallback(tune.Callback):
-    """Writes each finished or failed trial's row (the Finalizer upserts the table)."""
+    """Writes each finished or failed trial's row (the Finalizer upserts the table) and prints
+    its line: its outcome, quality and cost (study/console.py)."""
 
     def __init__(self, study_dir: str):
         self.study_dir = study_dir
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         row = get_finalizer(self.study_dir)(trial.trial_id, trial.last_result, trial.config)
-        print(rows.summary_line(row), flush=True)
+        CONSOLE.say(trial_line(row))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         result = {**(trial.last_result or {}), "error": _error_text(trial)}
         result.pop("checkpoint_path", None)  # its checkpoint is not an evaluated end state
         result.pop("final", None)
         row = get_finalizer(self.study_dir)(trial.trial_id, result, trial.config)
-        print(rows.summary_line(row), flush=True)
+        CONSOLE.say(trial_line(row))
 
 
 def _error_text(trial) -> str:

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import requests
 
-from study import storage
+from study import redact, storage
 from study.cluster import Launcher, allows_workers, dashboard, max_gpus, with_project_paths
 from study.errors import ClusterError
 from study.ray_env import RAY_ENV
+from trainables.errors import one_line
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Options about this machine, not the study; the job gets its own --name and --gpus.
@@ -116,14 +117,20 @@ def submit(argv: list[str], *, name: str, output_dir: Path, storage_path: str | 
         if len(nodes) > 1:
             storage.refuse_node_local(storage_path, shared_fs, f"{url} has {len(nodes)} nodes")
         gpus = gpus or int(sum(n.get("resources_total", {}).get("GPU", 0) for n in nodes))
-        client = client_factory(url, headers=auth_headers())
-        entrypoint = shlex.join(["python", "study/run.py", *job_argv(argv, name, gpus)])
-        job_id = client.submit_job(
-            entrypoint=entrypoint, submission_id=f"study-{name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            runtime_env={"working_dir": str(ROOT), "excludes": UPLOAD_EXCLUDES,
-                         "env_vars": {"PYTHONUNBUFFERED": "1",  # logs stream as they come
-                                      **RAY_ENV}},
-            metadata={"study": name, "storage_path": storage_path})
+        study_argv, secret_env = without_secrets(job_argv(argv, name, gpus))
+        entrypoint = shlex.join(["python", "study/run.py", *study_argv])
+        try:
+            client = client_factory(url, headers=auth_headers())
+            job_id = client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=f"study-{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                runtime_env={"working_dir": str(ROOT), "excludes": UPLOAD_EXCLUDES,
+                             "env_vars": {"PYTHONUNBUFFERED": "1",  # logs stream as they come
+                                          **RAY_ENV, **secret_env}},
+                metadata={"study": name, "storage_path": storage_path})
+        except Exception as e:  # the Jobs API's errors are RuntimeErrors with the HTTP reply
+            raise ClusterError(f"could not submit the study job to {url}: "
+                               f"{one_line(e, 300)}") from None
         print(f"submitted job {job_id}: {entrypoint}\n  status: {url}/#/jobs/{job_id}", flush=True)
         try:
             status = follow(client, job_id)
@@ -131,11 +138,43 @@ def submit(argv: list[str], *, name: str, output_dir: Path, storage_path: str | 
             print(f"\ndetached; job {job_id} keeps running. Stop it with: ray job stop "
                   f"--address {url} {job_id}", file=sys.stderr)
             return 130
+        except Exception as e:
+            raise ClusterError(f"lost the job's status at {url} ({one_line(e, 200)}); job "
+                               f"{job_id} may still run: `ray job status --address {url} "
+                               f"{job_id}`") from None
         if status != JobStatus.SUCCEEDED:
-            print(f"job {job_id} {status.value}: {client.get_job_info(job_id).message}",
-                  file=sys.stderr)
-        fetch_study(storage_path, name, output_dir, config, launcher)
+            try:
+                why = client.get_job_info(job_id).message
+            except Exception as e:
+                why = f"(no details: {one_line(e, 200)})"
+            print(f"job {job_id} {status.value}: {why}", file=sys.stderr)
+        try:
+            fetch_study(storage_path, name, output_dir, config, launcher)
+        except Exception as e:
+            print(f"error: could not fetch the study directory from "
+                  f"{storage_path.rstrip('/')}/{name} ({one_line(e, 200)}); it stays there: "
+                  f"fetch it by hand, or resume with --resume --name {name}", file=sys.stderr)
+            return 1
     return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def without_secrets(argv: list[str]) -> tuple[list[str], dict]:
+    """The job's options with --storage's password taken out, and the environment that gives
+    it back to the job (study/redact.py): a Ray Job's command line is kept by the dashboard,
+    printed, and visible to every user of the head node (ps)."""
+    out, env, value_of = [], {}, None
+    for a in argv:
+        if value_of is not None or a.startswith("--storage="):
+            url = a if value_of is not None else a.split("=", 1)[1]
+            if redact.password(url) is not None:
+                env[redact.PASSWORD_ENV] = redact.password(url)
+                url = redact.without_password(url)
+            out.append(url if value_of is not None else f"--storage={url}")
+            value_of = None
+        else:
+            out.append(a)
+            value_of = a if a == "--storage" else None
+    return out, env
 
 
 def follow(client, job_id: str, poll_s: float = 2.0):

@@ -1,10 +1,12 @@
-"""Every use of Optuna's (and Tune's OptunaSearch's) private API, in one place.
+"""Every use of Optuna's (and Ray's) private API, in one place.
 
 Crash recovery needs a few things neither library offers publicly: the Optuna trial behind a
 Tune trial id, adopting a trial a crashed driver asked for, and sampling the parameters such a
-trial is missing. Each is a small function here; tests/test_optuna_private.py exercises every
-one against the installed versions, so an upgrade that changes them fails loudly there instead
-of silently breaking ``--resume``.
+trial is missing; a clean Ctrl-C needs Tune's graceful stop without Tune's SIGINT handler; a
+quiet console (study/console.py) needs the driver's handlers of Ray's forwarded worker output.
+Each is a small function here; tests/test_optuna_private.py exercises every one against the
+installed versions, so an upgrade that changes them fails loudly there instead of silently
+breaking ``--resume`` or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -42,3 +44,48 @@ def adopt(search: OptunaSearch, frozen: optuna.trial.FrozenTrial) -> optuna.Tria
         if name not in frozen.params:
             trial._suggest(name, dist)
     return trial
+
+
+def request_tune_stop(frame=None) -> bool:
+    """Ask a running ``Tuner.fit()`` to stop as on its own SIGINT: end the trials, save the
+    experiment state with them unfinished, return. Tune registers that handler for SIGUSR1
+    too, whether or not its SIGINT handler is disabled (``ray.tune.tune._setup_signal_catching``);
+    False when none is registered (no tuning running)."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGUSR1)
+    if not callable(handler) or getattr(handler, "__qualname__", "") != \
+            "_setup_signal_catching.<locals>.signal_interrupt_tune_run":
+        return False
+    handler(signal.SIGUSR1, frame)
+    return True
+
+
+def _dispatcher():
+    """Ray's driver-side fan-out of the stdout/stderr lines it forwards from every actor and
+    worker (``ray._private.ray_logging.global_worker_stdstream_dispatcher``)."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher
+
+    return global_worker_stdstream_dispatcher
+
+
+#: The dispatcher handler through which ``ray.init(log_to_driver=True)`` prints those lines.
+RAY_PRINT_HANDLER = "ray_print_logs"
+
+
+def add_worker_output_handler(name: str, handler) -> None:
+    """Call `handler(batch)` with every batch of forwarded lines: a dict with "lines", "pid",
+    "ip", "is_err" and "actor_name" or "task_name"."""
+    _dispatcher().add_handler(name, handler)
+
+
+def remove_worker_output_handler(name: str) -> None:
+    _dispatcher().remove_handler(name)
+
+
+def remove_ray_worker_printing() -> bool:
+    """Stop Ray printing forwarded lines on the driver's console (other handlers still get
+    them); False when Ray had no such handler (``log_to_driver=False``)."""
+    present = any(n == RAY_PRINT_HANDLER for n, _ in _dispatcher().handlers)
+    _dispatcher().remove_handler(RAY_PRINT_HANDLER)
+    return present

@@ -4,20 +4,26 @@ Runs once at the end of a study (``study/driver.py``), or again by hand::
 
     python -m study.post runs/<name>
 
-For the best trials (by the study's quality and by judge accuracy) it loads the EMA weights and
-writes, under ``runs/<name>/analysis/``:
+It writes, under ``runs/<name>/analysis/``:
 
-- ``guidance_sweep.csv``: the evaluation protocol repeated at several guidance weights w
-  (guidance needs no retraining), one row per (trial, w);
+- ``guidance_sweep.csv``: every trial's guidance search, one row per (trial, w): the quality
+  and judge metrics at each w the search scored, and the w it chose (read from the trials'
+  ``guidance.csv``; nothing is sampled again);
+
+and, for the best trials (by the study's quality and by judge accuracy), from their EMA weights:
+
 - ``sample_scores.csv``: each evaluation sample's judge confidence and prediction and, when
   CLIP is enabled, its CLIP score, so the report can show top-k selections by either;
 - ``recognisable_steps.csv``: per trial and digit, the mean first reverse step at which the
   judge's confidence in the requested digit passes 0.5, and the fraction of samples that ever
   pass;
 - ``trajectory.npz``: for the best trial, a few images per digit at evenly spaced reverse steps
-  and the judge's confidence at every step;
+  and, at every step, the judge's confidence in the requested digit and its probability of
+  "no digit" (its rejection class: noise is read as no digit, not as some digit);
+- ``style_grids.npz``: for the best style-on trial (when the search had style), its digits
+  drawn at each requested slant and thickness, the same noise along each row;
 - ``real_digits.npz``: one real validation digit per class, for the forward-noise figure;
-- ``post.json``: which trials and weights were evaluated, and what it cost.
+- ``post.json``: which trials were evaluated, and what it cost.
 
 Everything here is plain PyTorch on the driver; ``analysis/`` then reads these files alone.
 """
@@ -27,7 +33,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +42,8 @@ from study.layout import StudyLayout
 from study.results import read_results
 from study.spec import StudyRecord
 from trainables.data import DIGITS
+from trainables.judge import NO_DIGIT
 
-GUIDANCE_VALUES = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
 RECOGNISED = 0.5  # judge confidence in the requested digit that counts as "recognisable"
 TRAJECTORY_COLUMNS = 8  # reverse steps kept as images in trajectory.npz
 TRAJECTORY_ROWS_PER_DIGIT = 1  # images per digit kept in trajectory.npz
@@ -64,8 +69,11 @@ def first_pass_steps(conf: np.ndarray, threshold: float = RECOGNISED) -> np.ndar
     return first
 
 
-def recognisable_table(trial_id: str, conf: np.ndarray, labels: np.ndarray) -> list[dict]:
-    """Per digit: mean first recognisable step over the samples that get there, and how many do."""
+def recognisable_table(trial_id: str, conf: np.ndarray, labels: np.ndarray,
+                       no_digit: np.ndarray | None = None) -> list[dict]:
+    """Per digit: mean first recognisable step over the samples that get there, and how many do.
+    `no_digit` (S+1, N): the judge's "no digit" probability at every step; its mean at step 0
+    (pure noise) is `noise_no_digit`."""
     first = first_pass_steps(conf)
     steps = conf.shape[0] - 1
     rows = []
@@ -77,18 +85,18 @@ def recognisable_table(trial_id: str, conf: np.ndarray, labels: np.ndarray) -> l
                      "mean_first_fraction": mean / steps, "frac_pass": float(passed.mean()),
                      "total_steps": steps, "n_samples": int(len(f)),
                      # a judge that already reads pure noise as d makes d's step meaningless
-                     "noise_conf": float(conf[0, labels == d].mean())})
+                     "noise_conf": float(conf[0, labels == d].mean()),
+                     **({"noise_no_digit": float(no_digit[0, labels == d].mean())}
+                        if no_digit is not None else {})})
     return rows
 
 
-def post_study(study_dir: Path, top_n: int = 2,
-               guidance_values: Sequence[float] = GUIDANCE_VALUES) -> None:
-    """Write the guidance sweep, sample scores and reverse-trajectory inputs of the report."""
+def post_study(study_dir: Path, top_n: int = 2) -> None:
+    """Write the guidance curves, sample scores and reverse-trajectory inputs of the report."""
     import torch
 
     from trainables.diffusion import Schedule
     from trainables.eval_tools import EvalTools
-    from trainables.evaluate import evaluate_model
     from trainables.sample import generate, load_samples, to_uint8
     from trainables.train_loop import load_checkpoint
 
@@ -104,14 +112,13 @@ def post_study(study_dir: Path, top_n: int = 2,
     judge, clip, real, ecfg = tools.judge, tools.clip, tools.real, spec.evaluation
     _save_real_digits(post.real_digits, real, to_uint8)
 
-    sweep, scores, recognisable = [], [], []
+    sweep = guidance_curves(layout, df)
+    scores, recognisable = [], []
     ids = best_trials(df, top_n)
     for rank, trial_id in enumerate(ids):
         row = df[df["trial_id"] == trial_id].iloc[0]
         cfg, _, ema, _ = load_checkpoint(layout.root / row["checkpoint_path"])
-        for w in guidance_values:
-            m = evaluate_model(ema, cfg, judge, clip, real, None, ecfg, guidance=float(w))
-            sweep.append({"trial_id": trial_id, "trained_guidance": cfg.sample.guidance, **m})
+        w = float(row["guidance"])  # the trial's tuned w
 
         # Per-sample scores of the trial's own evaluation samples (fixed evaluation noise)
         images, labels, _ = load_samples(layout.root / row["samples_path"])
@@ -124,28 +131,45 @@ def post_study(study_dir: Path, top_n: int = 2,
             s["clip_score"] = clip.score(images, labels)["clip_score"].numpy()
         scores.append(s)
 
-        # Reverse trajectory with the trial's own sampler and w, scored by the judge per step
+        # Reverse trajectory with the trial's own sampler and tuned w, judged at every step
         sc = cfg.sample
         _, traj_labels, traj = generate(ema, Schedule.from_config(cfg.diffusion), DIGITS,
-                                        ecfg.n_per_digit, sc.guidance, sc.sampler, sc.steps,
+                                        ecfg.n_per_digit, w, sc.sampler, sc.steps,
                                         sc.eta, seed=ecfg.seed, return_trajectory=True)
-        conf = np.stack([judge.probs(x).gather(1, traj_labels[:, None]).squeeze(1).numpy()
-                         for x in traj])  # (S+1, N)
-        recognisable += [{**r, "sampler": sc.sampler}
-                         for r in recognisable_table(trial_id, conf, traj_labels.numpy())]
+        step_probs = [judge.probs(x) for x in traj]
+        conf = np.stack([p.gather(1, traj_labels[:, None]).squeeze(1).numpy()
+                         for p in step_probs])  # (S+1, N)
+        no_digit = np.stack([p[:, NO_DIGIT].numpy() for p in step_probs])  # (S+1, N)
+        recognisable += [{**r, "sampler": sc.sampler} for r in recognisable_table(
+            trial_id, conf, traj_labels.numpy(), no_digit)]
         if rank == 0:
             _save_trajectory(post.trajectory, trial_id, traj, traj_labels, conf,
-                             to_uint8)
+                             to_uint8, no_digit)
 
-    _write(post.guidance_sweep, pd.DataFrame(sweep))
+    style_trial = _style_grids(layout, df, ecfg, to_uint8)
+
+    _write(post.guidance_sweep, sweep)
     _write(post.sample_scores, pd.concat(scores) if scores else pd.DataFrame())
     _write(post.recognisable, pd.DataFrame(recognisable))
     seconds = time.perf_counter() - t0
-    post.summary.write_text(json.dumps({
-        "trials": ids, "guidance_values": [float(w) for w in guidance_values],
-        "seconds": seconds, "recognised_threshold": RECOGNISED}, indent=1))
-    print(f"post-study: guidance sweep ({len(guidance_values)} values) and reverse trajectories "
-          f"for {len(ids)} trial(s) in {seconds:.0f}s -> {post.root}", flush=True)
+    post.summary.write_text(json.dumps({"trials": ids, "style_trial": style_trial,
+                                        "seconds": seconds,
+                                        "recognised_threshold": RECOGNISED}, indent=1))
+    print(f"post-study: guidance curves of {sweep['trial_id'].nunique() if len(sweep) else 0} "
+          f"trial(s), sample scores and reverse trajectories of {len(ids)} in {seconds:.0f}s "
+          f"-> {post.root}", flush=True)
+
+
+def guidance_curves(layout: StudyLayout, df: pd.DataFrame) -> pd.DataFrame:
+    """Every ok trial's guidance search (trials/<id>/guidance.csv), one row per (trial, w), with
+    the w the search chose as `chosen_guidance`."""
+    curves = []
+    for row in df[df["status"] == "ok"].itertuples():
+        path = layout.trial(row.trial_id).guidance
+        if path.exists():
+            curves.append(pd.read_csv(path).assign(trial_id=row.trial_id,
+                                                   chosen_guidance=row.guidance))
+    return pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
 
 
 def _write(path: Path, df: pd.DataFrame) -> None:
@@ -158,8 +182,37 @@ def _save_real_digits(path: Path, real, to_uint8) -> None:
     np.savez_compressed(path, images=to_uint8(real.images[idx]), labels=real.labels[idx].numpy())
 
 
+def _style_grids(layout: StudyLayout, df: pd.DataFrame, ecfg, to_uint8) -> str | None:
+    """style_grids.npz of the best ok style-on trial, at its tuned w (None: no such trial)."""
+    from trainables.diffusion import Schedule
+    from trainables.sample import style_sweep
+    from trainables.style import STYLE_NAMES
+    from trainables.train import STYLE_LEVELS
+    from trainables.train_loop import load_checkpoint
+
+    if "style" not in df:
+        return None
+    styled = df[(df["status"] == "ok") & df["checkpoint_path"].notna()
+                & df["style"].astype(str).isin(["True", "1", "1.0"])]
+    if styled.empty:
+        return None
+    row = styled.sort_values("quality", ascending=False, na_position="last").iloc[0]
+    cfg, _, ema, _ = load_checkpoint(layout.root / row["checkpoint_path"])
+    sc, images = cfg.sample, []
+    for name in STYLE_NAMES:
+        columns, labels = style_sweep(ema, Schedule.from_config(cfg.diffusion), name,
+                                      STYLE_LEVELS, guidance=float(row["guidance"]),
+                                      sampler=sc.sampler, steps=sc.steps, eta=sc.eta,
+                                      seed=ecfg.seed)
+        images.append(np.stack([to_uint8(c) for c in columns]))  # (L, D, 28, 28)
+    np.savez_compressed(layout.post.style, trial_id=np.array(str(row["trial_id"])),
+                        attributes=np.array(STYLE_NAMES), levels=np.array(STYLE_LEVELS),
+                        labels=labels.numpy(), images=np.stack(images))  # (A, L, D, 28, 28)
+    return str(row["trial_id"])
+
+
 def _save_trajectory(path: Path, trial_id: str, traj, labels, conf: np.ndarray,
-                     to_uint8) -> None:
+                     to_uint8, no_digit: np.ndarray | None = None) -> None:
     steps = len(traj) - 1
     cols = sorted({round(i * steps / (TRAJECTORY_COLUMNS - 1))
                    for i in range(TRAJECTORY_COLUMNS)})
@@ -170,7 +223,8 @@ def _save_trajectory(path: Path, trial_id: str, traj, labels, conf: np.ndarray,
         path, trial_id=np.array(trial_id), steps=np.array(cols), total_steps=np.array(steps),
         images=np.stack([to_uint8(traj[s][rows]) for s in cols]),  # (C, R, 28, 28)
         labels=labels_np[rows], rows=rows,  # rows index conf's samples
-        conf=conf.astype(np.float32), conf_labels=labels_np)
+        conf=conf.astype(np.float32), conf_labels=labels_np,
+        **({"no_digit": no_digit.astype(np.float32)} if no_digit is not None else {}))
 
 
 def main(argv=None) -> int:

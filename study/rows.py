@@ -3,9 +3,8 @@
 Every row is built here, from the trial's config and its measurements, with one clock and one
 definition per column whatever the outcome:
 
-- ``completed``: the trial's own final report (trained, then evaluated inside the trial);
-- ``stopped``: ASHA stopped it after an epoch; its last epoch report plus the evaluation of
-  that epoch's checkpoint, made with the same protocol by the driver (study/finalize.py);
+- ``finished``: the trial's own final report: it trained until its budget, early stopping or
+  ASHA (study/rungs.py) ended it, then evaluated itself (its stop_reason says which);
 - ``failed``: it raised, diverged, or could not be evaluated; what it measured is kept.
 
 Wall time is Tune's ``time_total_s`` of the trial (its driver's clock, from start to last
@@ -53,10 +52,20 @@ COLUMN_DOCS: dict[str, str] = {
     "workers": "DDP workers", "epochs_run": "epochs trained",
     "final_train_loss": "last epoch's training loss",
     "final_val_loss": "last epoch's validation loss (EMA weights, fixed noise)",
-    PROBE: "ASHA's in-training quality probe at the last epoch",
+    PROBE: "ASHA's in-training quality probe at the last epoch (judge accuracy, best of 3 w)",
+    "probe_guidance": "the w the last probe read best",
     QUALITY: "objective: the value of quality_metric", "quality_metric": "what quality is",
     COST: "objective: train_seconds",
+    "coverage": "class-conditional coverage (Naeem et al. 2020) in the judge's feature space: "
+    "the share of real digits with a sample of their class nearby; the study's quality",
+    "precision": "class-conditional k-NN precision (Kynkäänniemi et al. 2019): fidelity",
+    "recall": "class-conditional k-NN recall: diversity",
+    "density": "class-conditional density (Naeem et al. 2020)",
+    "guidance": "w chosen for this trained model by the guidance search (the evaluation's w)",
+    "guidance_curve": "the search's curve, {w: coverage} (trials/<id>/guidance.csv: all metrics)",
+    "guidance_search_s": "seconds of the guidance search",
     "judge_acc": "judge: samples read as the requested digit",
+    "judge_no_digit": "judge: samples read as no digit at all",
     "judge_conf": "judge: mean confidence in the requested digit",
     "judge_acc_top_judge": "judge accuracy of the judge's own top-k per digit",
     "frechet": "Fréchet distance to real digits in the judge's feature space",
@@ -74,7 +83,7 @@ COLUMN_DOCS: dict[str, str] = {
 }
 COLUMNS = list(COLUMN_DOCS)
 #: The columns an evaluation (trainables.evaluate.evaluate_model) fills.
-EVAL_COLUMNS = COLUMNS[COLUMNS.index("judge_acc"):COLUMNS.index("samples_path")]
+EVAL_COLUMNS = COLUMNS[COLUMNS.index("coverage"):COLUMNS.index("samples_path")]
 
 
 @dataclass(frozen=True)
@@ -86,8 +95,8 @@ class RowContext:
     quality_metric: str
 
 
-def completed(trial_id: str, cfg: TrialConfig, report: dict, wall_s: float | None,
-              ctx: RowContext, **extra) -> dict:
+def finished(trial_id: str, cfg: TrialConfig, report: dict, wall_s: float | None,
+             ctx: RowContext, **extra) -> dict:
     """From the trial's final report: its last epoch's measurements, its stop reason and its
     evaluation (a diverged trial reports no evaluation and becomes a failed row)."""
     if report.get("stop_reason") == "diverged" or report.get("error"):
@@ -96,14 +105,6 @@ def completed(trial_id: str, cfg: TrialConfig, report: dict, wall_s: float | Non
     return _row(trial_id, cfg, ctx, status="ok", stop_reason=report["stop_reason"],
                 training=report, evaluation=report, wall_s=wall_s,
                 busy_s=report.get("eval_total_s", 0.0), **extra)
-
-
-def stopped(trial_id: str, cfg: TrialConfig, last_epoch: dict, evaluation: dict,
-            wall_s: float | None, ctx: RowContext, **extra) -> dict:
-    """ASHA stopped the trial: its last epoch report, and the evaluation of that epoch's
-    checkpoint (made after the trial, so not part of its wall time)."""
-    return _row(trial_id, cfg, ctx, status="ok", stop_reason="asha", training=last_epoch,
-                evaluation=evaluation, wall_s=wall_s, busy_s=0.0, **extra)
 
 
 def failed(trial_id: str, cfg: TrialConfig, error: str, ctx: RowContext,
@@ -139,6 +140,7 @@ def _row(trial_id: str, cfg: TrialConfig, ctx: RowContext, *, status: str, stop_
         "worker_setup_s": training.get("worker_setup_s"), "workers": ctx.workers,
         "epochs_run": training.get("epoch", 0), "final_train_loss": training.get("train_loss"),
         "final_val_loss": training.get("val_loss"), PROBE: training.get(PROBE),
+        "probe_guidance": training.get("probe_guidance"),
         **{k: evaluation.get(k) for k in EVAL_COLUMNS},
         "quality_metric": ctx.quality_metric,
         QUALITY: evaluation.get(ctx.quality_metric) if ok else None,
@@ -152,14 +154,3 @@ def _row(trial_id: str, cfg: TrialConfig, ctx: RowContext, *, status: str, stop_
                    startup_s=wall_s - busy)
     return {c: row.get(c) for c in COLUMNS}
 
-
-def summary_line(row: dict) -> str:
-    """One console line per finished trial."""
-    from study.search_space import describe
-
-    q, cost = row.get(QUALITY), row.get(COST)
-    return (f"trial {row['trial_id']} {describe(row)}: {row.get('status')} "
-            f"({row.get('stop_reason')})"
-            + (f", {row.get('quality_metric')}={q:.3f}" if q is not None else "")
-            + (f", train {cost:.0f}s" if cost is not None else "")
-            + (f", {row['error']}" if row.get("error") else ""))

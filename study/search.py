@@ -1,31 +1,52 @@
-"""How the study searches: the multi-objective Optuna searcher and the ASHA scheduler.
+"""How the study searches: the multi-objective Optuna searcher (early stopping: study/rungs.py).
 
 ``StudySearch`` is Tune's ``OptunaSearch`` that tells Optuna the *measured* row of every
-trial (an ASHA-stopped trial is evaluated first, by study/finalize.py, rather than told a
-made-up number), and that adopts the trial a crashed driver had asked for instead of asking
-anew, so the Optuna study and the results table agree trial by trial after ``--resume``.
+trial (as study/finalize.py records it), and that adopts the trial a crashed driver had asked
+for instead of asking anew, so the Optuna study and the results table agree trial by trial
+after ``--resume``.
 """
 
 from __future__ import annotations
 
+import io
+import pickle
+
 import optuna
-from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from study import optuna_private as private
 from study.finalize import get_finalizer
-from study.rows import COST, PROBE, QUALITY
+from study.mirror import mirror_for
+from study.presets import SamplerConfig
+from study.redact import redact, reveal
+from study.rows import COST, QUALITY
 
-#: ASHA: a third of the trials at each rung go on (Li et al.'s default reduction factor), and
-#: the first rung comes after a third of the epoch budget.
-ASHA_REDUCTION = 3
-ASHA_GRACE_DIVISOR = 3
+
+def make_sampler(cfg: SamplerConfig, seed: int | None) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler a SamplerConfig describes (benchmarks/search.py replays these)."""
+    samplers = optuna.samplers
+    if cfg.kind == "random":
+        return samplers.RandomSampler(seed=seed)
+    if cfg.kind == "qmc":  # scrambled Sobol points: random search that fills the space evenly
+        return samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed)
+    if cfg.kind == "nsga2":
+        return samplers.NSGAIISampler(population_size=cfg.population_size, seed=seed)
+    if cfg.kind == "gp":
+        return samplers.GPSampler(n_startup_trials=cfg.n_startup_trials, seed=seed)
+    return samplers.TPESampler(n_startup_trials=cfg.n_startup_trials,
+                               multivariate=cfg.multivariate, constant_liar=cfg.constant_liar,
+                               seed=seed)
 
 
 class StudySearch(OptunaSearch):
-    """OptunaSearch (quality up, training seconds down) over the study's measured rows."""
+    """OptunaSearch (quality up, training seconds down) over the study's measured rows, drawing
+    with the sampler `sampler_config` describes (seeded by `seed`); None: OptunaSearch's own
+    default, TPESampler(seed)."""
 
-    def __init__(self, *args, study_dir: str, **kwargs):
+    def __init__(self, *args, study_dir: str, sampler_config: SamplerConfig | None = None,
+                 **kwargs):
+        if sampler_config is not None:
+            kwargs["sampler"] = make_sampler(sampler_config, kwargs.pop("seed", None))
         super().__init__(*args, metric=[QUALITY, COST], mode=["max", "min"], **kwargs)
         self.study_dir = study_dir
 
@@ -46,14 +67,36 @@ class StudySearch(OptunaSearch):
         if self._told_before(trial_id):  # a resumed study re-reports rows it already has
             private.mark_completed(self, trial_id)
             return
+        finalizer = get_finalizer(self.study_dir)
         if error or result is None:  # the row is written by ResultsCallback.on_trial_error
-            return super().on_trial_complete(trial_id, None, error=True)
-        # Tune hands searchers the result flattened: the config arrives as "config/depth", ...
-        config = {k.removeprefix("config/"): v for k, v in result.items()
-                  if k.startswith("config/")}
-        row = get_finalizer(self.study_dir)(trial_id, result, config)
-        failed = row.get("status") != "ok" or row.get(QUALITY) is None
-        super().on_trial_complete(trial_id, None if failed else row, error=failed)
+            super().on_trial_complete(trial_id, None, error=True)
+        else:
+            # Tune hands searchers the result flattened: the config arrives as "config/depth"
+            config = {k.removeprefix("config/"): v for k, v in result.items()
+                      if k.startswith("config/")}
+            row = finalizer(trial_id, result, config)
+            failed = row.get("status") != "ok" or row.get(QUALITY) is None
+            super().on_trial_complete(trial_id, None if failed else row, error=failed)
+        if (mirror := mirror_for(finalizer.spec)) is not None:  # an object-store study
+            mirror.after_tell()
+
+    def __reduce__(self):
+        """Pickled (Tune keeps the searcher in tuner.pkl and its saved state) with each Optuna
+        storage as its URL with the password masked; unpickling reconnects with the full URL
+        this driver was given (study/redact.py)."""
+        buf = io.BytesIO()
+        _StoragePickler(buf).dump(self.__dict__.copy())
+        return _unpickle_search, (type(self), buf.getvalue())
+
+    def save(self, checkpoint_path: str):
+        """OptunaSearch's saved state (Tune keeps it in the study's ray/ folder and uploads it
+        with the study), with each Optuna storage saved by its URL with the password masked."""
+        with open(checkpoint_path, "wb") as f:
+            _StoragePickler(f).dump(self.__dict__.copy())
+
+    def restore(self, checkpoint_path: str):
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(_StorageUnpickler(f).load())
 
     def _told_before(self, trial_id) -> bool:
         """Whether Optuna already holds this trial's outcome (told before a driver crash)."""
@@ -64,6 +107,37 @@ class StudySearch(OptunaSearch):
         return any(t.number == ot_trial.number for t in finished)
 
 
+def _unpickle_search(cls, data: bytes) -> StudySearch:
+    search = cls.__new__(cls)
+    search.__dict__.update(_StorageUnpickler(io.BytesIO(data)).load())
+    return search
+
+
+class _StoragePickler(pickle.Pickler):
+    """Pickles an Optuna RDBStorage as its redacted URL (study/redact.py)."""
+
+    def persistent_id(self, obj):
+        if isinstance(obj, optuna.storages.RDBStorage):
+            return ("optuna-rdb-storage", redact(obj.url))
+        return None
+
+
+class _StorageUnpickler(pickle.Unpickler):
+    """Reconnects each storage by the full URL this driver was given for it."""
+
+    def __init__(self, f):
+        super().__init__(f)
+        self._storages: dict[str, optuna.storages.RDBStorage] = {}
+
+    def persistent_load(self, pid):
+        kind, url = pid
+        if kind != "optuna-rdb-storage":
+            raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
+        if url not in self._storages:
+            self._storages[url] = optuna.storages.RDBStorage(reveal(url))
+        return self._storages[url]
+
+
 def fail_orphans(study: optuna.Study) -> int:
     """Mark trials still RUNNING after the study as FAIL (asked for by a crashed driver and not
     resumed, e.g. when the resumed study needed fewer trials); returns how many."""
@@ -71,13 +145,3 @@ def fail_orphans(study: optuna.Study) -> int:
     for t in orphans:
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     return len(orphans)
-
-
-def make_scheduler(epochs: int) -> ASHAScheduler:
-    """ASHA on the in-training quality probe (judge accuracy of a few DDIM samples per epoch):
-    diffusion loss keeps falling while samples stay poor, so loss alone is a poor stop signal."""
-    # max_t is one past the budget: ASHA stops a trial that reaches max_t, and a trial that
-    # completes its budget must still run its own final evaluation.
-    return ASHAScheduler(metric=PROBE, mode="max", time_attr="epoch", max_t=epochs + 1,
-                         grace_period=max(1, epochs // ASHA_GRACE_DIVISOR),
-                         reduction_factor=ASHA_REDUCTION)

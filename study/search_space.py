@@ -1,5 +1,8 @@
 """The study's one search space: its axes, their ranges, and what each axis sets.
 
+Only what changes the trained model is searched: classifier-free guidance is a sampling-time
+knob, tuned per trained model after training (trainables/guidance.py), not per training run.
+
 An axis is declared once, in ``AXES``: how it is sampled, which ``TrialConfig`` field it sets
 and how its value maps to that field. Everything else (Tune's param space, a trial's config,
 its row's columns, its name in the dashboard, a confirmation run's parameters) is derived
@@ -16,7 +19,6 @@ A YAML/JSON file may override any range (``--space``)::
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -53,8 +55,6 @@ AXES: dict[str, Axis] = {
     "depth": Axis("choice", "model.depth", int, int, bounds=(1, 4), tag="d"),  # levels
     "width": Axis("choice", "model.width", int, int, bounds=(8, 256), tag="w"),  # channels
     "lr": Axis("loguniform", "train.lr", float, float, fmt=".2g"),  # AdamW peak lr
-    "guidance": Axis("uniform", "sample.guidance", float, float, bounds=(0, math.inf),
-                     fmt=".2f"),  # classifier-free guidance weight w
     # True also conditions on slant and thickness (UNetConfig.style_dim, trainables/style.py)
     "style": Axis("choice", "model.style_dim", _style_dim, bool),
 }
@@ -67,7 +67,6 @@ class SearchSpace:
     depth: tuple[int, ...] = (2, 3, 4)
     width: tuple[int, ...] = (8, 16, 32, 64)
     lr: tuple[float, float] = (1e-4, 3e-3)
-    guidance: tuple[float, float] = (0.0, 6.0)
     style: tuple[bool, ...] = (False,)
 
     def __post_init__(self):
@@ -96,6 +95,10 @@ class SearchSpace:
                              f"{str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise ValueError(f"search-space file {path} must hold a mapping of axis: range")
+        if "guidance" in data:
+            raise ValueError(f"search-space file {path}: guidance is not searched per trial any "
+                             f"more: every trained model's w is tuned after training "
+                             f"(trainables/guidance.py); remove 'guidance'")
         unknown = set(data) - set(AXES)
         if unknown:
             raise ValueError(f"unknown search axes {sorted(unknown)} in {path}; "
@@ -176,7 +179,7 @@ def trial_name(trial_id: str, params: dict) -> str:
 
 
 def describe(row: dict) -> str:
-    """The axes of a row in one line: `d3 w16 lr=0.001 guidance=2.00`."""
+    """The axes of a row in one line: `d3 w16 lr=0.001`."""
     parts = []
     for name, axis in AXES.items():
         v = row.get(name)

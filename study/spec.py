@@ -19,10 +19,13 @@ from pathlib import Path
 
 from study.errors import UsageError
 from study.layout import StudyLayout
+from study.redact import redact
 from study.search_space import SearchSpace
 from trainables.clip_score import ClipConfig
 from trainables.config import TrialConfig
 from trainables.evaluate import EvalConfig
+from trainables.guidance import GuidanceSearch
+from trainables.quality import QUALITY_METRIC
 
 WORKER_RETRIES = 2  # Ray Train restarts of a trial's workers (from its checkpoint) before it fails
 TRIAL_RETRIES = 1  # Tune retries of a trial whose driver failed (it resumes from its checkpoint)
@@ -38,6 +41,7 @@ class StudySpec:
     space: SearchSpace
     base: TrialConfig  # every trial's config before its searched values are set
     evaluation: EvalConfig
+    guidance: GuidanceSearch  # how each trained model's w is tuned (trainables/guidance.py)
     clip: ClipConfig | None  # None: --no-clip, CLIP columns stay empty
     seed: int  # the searcher's seed and the base training seed
     confirm_seeds: int  # further seeds each Pareto configuration is retrained with
@@ -56,7 +60,8 @@ class StudySpec:
     RESUMABLE = ("num_trials", "address")
 
     def __post_init__(self):
-        for name, cls in (("space", SearchSpace), ("evaluation", EvalConfig)):
+        for name, cls in (("space", SearchSpace), ("evaluation", EvalConfig),
+                          ("guidance", GuidanceSearch)):
             value = getattr(self, name)
             if isinstance(value, dict):
                 object.__setattr__(self, name, cls(**value))
@@ -71,9 +76,15 @@ class StudySpec:
 
     @property
     def quality_metric(self) -> str:
-        """The results column Optuna maximises: CLIP-top-3 when CLIP is on, else the judge's
-        conditional accuracy."""
-        return "judge_acc" if self.clip is None else "clip_top"
+        """The results column Optuna maximises: class-conditional coverage in the judge's
+        feature space, which neither guidance nor mode collapse can inflate
+        (trainables/quality.py; CLIP-top-3 can be inflated by both)."""
+        return QUALITY_METRIC
+
+    @property
+    def headline_metric(self) -> str:
+        """The number a report leads with: CLIP-top-3 when CLIP is on, else the quality."""
+        return "clip_top" if self.clip is not None else QUALITY_METRIC
 
     @property
     def tune_path(self) -> str:
@@ -81,9 +92,12 @@ class StudySpec:
         return self.tune_storage or str(self.layout.tune)
 
     def to_dict(self) -> dict:
+        """The spec as study.json stores it: tuples as lists, the storage URL's password
+        masked (study/redact.py; a resumed study gets it from the command line again)."""
         d = asdict(self)
         d["space"] = self.space.to_dict()
-        return json.loads(json.dumps(d))  # tuples → lists, as study.json stores them
+        d["storage"] = redact(self.storage)
+        return json.loads(json.dumps(d))
 
     @classmethod
     def from_dict(cls, d: dict) -> StudySpec:
@@ -173,11 +187,16 @@ class StudyRecord:
         path.write_text(json.dumps({"spec": self.spec.to_dict(), "sizing": sizing,
                                     **self.facts,
                                     # derived, for readers without this code (analysis/)
-                                    "quality_metric": self.spec.quality_metric}, indent=1))
+                                    "quality_metric": self.spec.quality_metric,
+                                    "headline_metric": self.spec.headline_metric}, indent=1))
 
     @classmethod
     def load(cls, layout: StudyLayout) -> StudyRecord:
-        d = json.loads(layout.spec.read_text())
+        return cls.from_dict(json.loads(layout.spec.read_text()))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StudyRecord:
+        d = dict(d)
         sizing = d.pop("sizing", None)
-        d.pop("quality_metric", None)
+        d.pop("quality_metric", None), d.pop("headline_metric", None)
         return cls(StudySpec.from_dict(d.pop("spec")), Sizing(**sizing) if sizing else None, d)

@@ -75,8 +75,15 @@ def _copy_tree(src_fs, src: str, dst_fs, dst: str, skip: str | None) -> None:
 
     for info in src_fs.get_file_info(pafs.FileSelector(src, recursive=True)):
         rel = info.path[len(src.rstrip("/")) + 1:]
-        if info.type != pafs.FileType.File or (skip and rel.split("/")[0] == skip):
+        if info.type != pafs.FileType.File or (skip and rel.split("/")[0] == skip) \
+                or _private(rel):
             continue
         dst_fs.create_dir(f"{dst}/{rel}".rsplit("/", 1)[0], recursive=True)
         pafs.copy_files(info.path, f"{dst}/{rel}", source_filesystem=src_fs,
                         destination_filesystem=dst_fs)
+
+
+def _private(rel: str) -> bool:
+    """This node's own files in a study directory: the driver's lock (study/lock.py) and the
+    temporary files of atomic writes."""
+    return rel == ".lock" or (rel.startswith(".") and rel.endswith(".tmp"))

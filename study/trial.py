@@ -21,10 +21,11 @@ from trainables.errors import one_line
 from trainables.ray_worker import train_fn_per_worker
 
 
-def run_trial(params: dict, spec: StudySpec, sizing: Sizing, judge: dict,
+def run_trial(params: dict, spec: StudySpec, sizing: Sizing, judge: dict, rungs=None,
               finished: dict | None = None) -> None:
-    """Tune function trainable. `judge`: the judge's state; `finished`: trial id → row of the
-    trials a resumed study recorded before it was interrupted (they only re-report)."""
+    """Tune function trainable. `judge`: the judge's state; `rungs`: the study's RungKeeper
+    (study/rungs.py), None for runs that are never stopped early; `finished`: trial id → row of
+    the trials a resumed study recorded before it was interrupted (they only re-report)."""
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     if trial_id in (finished or {}):
@@ -35,8 +36,10 @@ def run_trial(params: dict, spec: StudySpec, sizing: Sizing, judge: dict,
         train_fn_per_worker,
         train_loop_config={"trial": cfg.to_dict(), "judge": judge,
                            "eval": spec.evaluation.to_dict(),
+                           "guidance": spec.guidance.to_dict(),
                            "clip": spec.clip.to_dict() if spec.clip else None,
-                           "threads": sizing.threads, "trial_start": time.time()},
+                           "threads": sizing.threads, "trial_start": time.time(),
+                           "trial_id": trial_id, "rungs": rungs},
         **trainer_sizing(spec.workers_per_trial, sizing),
         run_config=train.RunConfig(
             # Deterministic per trial (a retried trial resumes from its checkpoints) and readable

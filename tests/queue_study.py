@@ -4,13 +4,15 @@ results callback, Tune settings) over more trials than run at once, with ASHA st
 Each trial is a light stand-in for `study.trial.run_trial`: a Ray Train TorchTrainer running the
 real `fit` on the smoke model, whose in-training probe (ASHA's metric) is fixed by the order the
 trials start in: 1 / (1 + trials started before). Trials started after the first two score below
-every score recorded at the first rung, so ASHA stops them there, deterministically, and the
-Finalizer evaluates them from their checkpoints.
+every score recorded at the first rung, so the study's rungs (study/rungs.py) stop them there,
+deterministically, and they end with a final report like a completed trial.
 
     python tests/queue_study.py OUTPUT_DIR
 """
 
 import sys
+import tempfile
+from pathlib import Path
 
 from ray import train, tune
 from ray.train.torch import TorchTrainer
@@ -27,11 +29,15 @@ def light_worker(config: dict) -> None:
     from trainables.train_loop import fit
 
     score = config["score"]
-    fit(TrialConfig.from_dict(config["trial"]), RaySession(),
-        probe=lambda ema: {"judge_acc": score})
+    session = RaySession()
+    session.trial_id, session.rungs = config["trial_id"], config["rungs"]
+    result = fit(TrialConfig.from_dict(config["trial"]), session,
+                 probe=lambda ema: {"judge_acc": score})
+    with tempfile.TemporaryDirectory() as final:  # V2's Result.metrics: the last checkpointed
+        session.report({**result.history[-1], "stop_reason": result.stop_reason}, Path(final))
 
 
-def light_trial(params: dict, spec, sizing, judge, finished=None) -> None:
+def light_trial(params: dict, spec, sizing, judge, rungs=None, finished=None) -> None:
     """Reports what study.trial.run_trial reports: the last epoch's measurements, the stop
     reason and the evaluation (here the probe's score stands for the judge's accuracy)."""
     trial_id = tune.get_context().get_trial_id()
@@ -41,14 +47,14 @@ def light_trial(params: dict, spec, sizing, judge, finished=None) -> None:
     (started / trial_id).touch()
     cfg = apply(hyperparameters(params), spec.base)
     result = TorchTrainer(
-        light_worker, train_loop_config={"trial": cfg.to_dict(), "score": score},
+        light_worker, train_loop_config={"trial": cfg.to_dict(), "score": score,
+                                         "trial_id": trial_id, "rungs": rungs},
         scaling_config=train.ScalingConfig(
             num_workers=1, resources_per_worker={"CPU": sizing.cpus_per_worker}),
         run_config=train.RunConfig(name=f"queue_train_{trial_id}", storage_path=spec.tune_path,
                                    callbacks=[TuneReportCallback()]),
     ).fit()
-    tune.report({**result.metrics, "final": True, "stop_reason": "completed",
-                 spec.quality_metric: score})
+    tune.report({**result.metrics, "final": True, spec.quality_metric: score})
 
 
 def main(out: str) -> None:
@@ -60,7 +66,8 @@ def main(out: str) -> None:
     record, judge = prepare(spec, sizing, resume=False)
     driver.init_ray(None)
     try:
-        driver.make_tuner(spec, sizing, judge, run=light_trial).fit()
+        rungs = driver.start_keeper(driver.AshaConfig.for_budget(spec.base.train.epochs))
+        driver.make_tuner(spec, sizing, judge, rungs, run=light_trial).fit()
     finally:
         driver.ray.shutdown()
 

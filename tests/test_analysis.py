@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fake_study import fake_scores, fake_study
+from fake_study import RUNS, fake_scores, fake_study
 from matplotlib.figure import Figure
 
 from analysis import charts, pictures, tables
@@ -118,7 +118,7 @@ def test_axis_charts(table):
 def test_guidance_curves_chart():
     ws = [0, 1, 2, 4]
     sweep = pd.DataFrame({"trial_id": np.repeat(["a", "b"], 4), "guidance": ws * 2,
-                          "trained_guidance": [1.5] * 4 + [3.0] * 4,
+                          "chosen_guidance": [1.5] * 4 + [3.0] * 4,
                           "judge_acc": [0.3, 0.6, 0.8, 0.9] * 2,
                           "frechet": [50, 20, 25, 60] * 2, "clip_top": [np.nan] * 8})
     fig = charts.guidance_curves(sweep, ["clip_top", "judge_acc", "frechet"])
@@ -177,25 +177,36 @@ def _check_page(index: Path) -> str:
     page = index.read_text()
     for sid, title in SECTIONS:
         assert f"<section id='{sid}'><h2>{title}</h2>" in page
-    images = re.findall(r"<img src='([^']+)'", page)
+    images = re.findall(r'<img src="([^"]+)"', page)
     for name in images:
         assert (index.parent / name).stat().st_size > 1000, name
     assert "could not be drawn" not in page
     return page
 
 
-def test_report_of_failed_trials_without_clip_columns(tmp_path):
-    study_dir = fake_study(tmp_path / "nocl", clip=False, drop_clip_columns=True)
+@pytest.fixture(scope="module")
+def nocl_report(tmp_path_factory) -> tuple[Path, str]:
+    """(study directory, report page) of a fake study with a failed trial, without CLIP
+    columns, whose best configuration is a style model: built once for the tests below."""
+    study_dir = fake_study(tmp_path_factory.mktemp("report") / "nocl", clip=False,
+                           drop_clip_columns=True, style=True)
+    return study_dir, _check_page(build_report(study_dir))
+
+
+def test_report_of_failed_trials_without_clip_columns(nocl_report):
+    study_dir, page = nocl_report
     study = load_study(study_dir)
     assert not study.clip_enabled and study.results["clip_top"].isna().all()
-    page = _check_page(build_report(study_dir))
     assert "CLIP DISABLED" in page and "no CLIP columns" in page
     assert "1 trial(s) FAILED" in page and "CUDA out of memory (boom)" in page
     assert "early_stop" in page and "reference.json is missing" in page
     assert "Hyperparameter importance: no optuna.db" in page
-    assert "No guidance sweep" in page
+    # each trained model's guidance search, from trials/<id>/guidance.csv (no post-study step)
+    assert "guidance.png" in page and "The w each trial&#x27;s search chose" in page
     summary = (study_dir / "report" / "summary.md").read_text()
-    assert "**CLIP DISABLED**" in summary and "(boom)" in summary and "best trial good" in summary
+    assert "**CLIP DISABLED**" in summary and "(boom)" in summary
+    assert "- best: d3 w16 lr=0.0013 style (trial big, 2 seeds) → coverage 0.680 ± 0.028" \
+        in summary
 
 
 def test_report_with_clip_shows_clip_views(tmp_path):
@@ -210,8 +221,63 @@ def test_report_with_clip_shows_clip_views(tmp_path):
 def test_report_when_every_trial_failed(tmp_path):
     study_dir = fake_study(tmp_path / "allbad", clip=False, ok=False)
     page = _check_page(build_report(study_dir))
-    assert "No successful trial" in page
+    assert "No successful trial" in page and "No guidance curves" in page
     assert "no successful trial" in (study_dir / "report" / "summary.md").read_text()
+
+
+def test_guidance_curves_come_from_the_post_study_the_trials_or_their_rows(tmp_path):
+    """analysis/guidance_sweep.csv when study/post.py ran; else each trial's guidance.csv; else
+    the quality at each w that its results.csv row keeps (`guidance_curve`); else none."""
+    study_dir = fake_study(tmp_path / "g", clip=False)
+    sweep = load_study(study_dir).guidance_sweep
+    assert sweep.groupby("trial_id").size().to_dict() == {r[0]: 4 for r in RUNS}
+    assert (sweep["chosen_guidance"] == 2.0).all() and "judge_no_digit" in sweep
+    for f in study_dir.glob("trials/*/guidance.csv"):
+        f.unlink()
+    table = pd.read_csv(study_dir / "results.csv", dtype={"trial_id": str})
+    table["guidance_curve"] = None
+    table.loc[table["trial_id"] == "good", "guidance_curve"] = json.dumps({"1": 0.5, "2": 0.6})
+    table.loc[table["trial_id"] == "big", "guidance_curve"] = "{hand-edited"  # skipped
+    table.to_csv(study_dir / "results.csv", index=False)
+    sweep = load_study(study_dir).guidance_sweep
+    assert sweep[["trial_id", "guidance", "coverage"]].values.tolist() == [["good", 1.0, 0.5],
+                                                                          ["good", 2.0, 0.6]]
+    table["guidance_curve"] = None
+    table.to_csv(study_dir / "results.csv", index=False)
+    study = load_study(study_dir)
+    assert study.guidance_sweep is None and any("No guidance curves" in n for n in study.notes)
+    (study_dir / "analysis").mkdir()
+    pd.DataFrame({"trial_id": ["good"], "guidance": [3.0], "chosen_guidance": [3.0],
+                  "coverage": [0.7]}).to_csv(study_dir / "analysis" / "guidance_sweep.csv",
+                                             index=False)
+    assert load_study(study_dir).guidance_sweep["guidance"].tolist() == [3.0]
+
+
+def test_report_answers_at_a_glance(nocl_report):
+    """Its top sentence names the best configuration for its cost with mean ± std over seeds
+    and what it gains; then a sortable table of every trial with every cost column, a thumbnail
+    of every trial's samples, the worst samples beside the best, per-epoch grids of the best
+    configurations, and the style grids."""
+    study_dir, page = nocl_report
+    answer = re.search(r"<div class='answer'><p>(.*?)</p>", page)[1]
+    # big (0.70, 0.66 over 2 seeds) against good (0.60, 0.58), the next-cheapest on the front
+    assert answer.startswith("Best for its cost: d3 w16 lr=0.0013 style (trial big, 2 seeds), "
+                             "coverage 0.680 ± 0.028 after 20.5 ± 0.7 s of training: 0.090 ± "
+                             "0.032 more than the next-cheapest configuration on the front, "
+                             "d2 w8"), answer
+    assert "for 3.3× its training time." in answer
+    trials = re.search(r"<table[^>]*class=\"dataframe sortable\".*?</table>",
+                       page[page.index("<section id='trials'>"):], re.S)[0]
+    headers = re.findall(r"<th>([^<]*)</th>", trials)
+    assert set(tables.COST_COLUMNS) | {"stop_reason", "quality"} <= set(headers)
+    assert len(re.findall(r"<tr[ >]", trials)) == 1 + len(RUNS) + 1  # header, runs, bad1
+    assert (study_dir / "report" / "sort.js").exists()
+    images = set(re.findall(r'<img src="([^"]+)"', page))
+    assert {f"thumb_{r[0]}.png" for r in RUNS} <= images  # bad1 left no samples
+    assert {"worst_best_big.png", "worst_best_good.png", "style_grids.png"} <= images
+    # per-epoch grids of the best 3 configurations' first seeds (by mean quality)
+    assert {i for i in images if i.startswith("progress_")} == {
+        "progress_big.png", "progress_good.png", "progress_early.png"}
 
 
 def test_report_of_a_study_with_no_finished_trial(tmp_path):
@@ -259,10 +325,13 @@ def test_study_run_writes_post_study_inputs_and_report(smoke_study):
     assert "post-study:" in log and "report: " in log and "warning:" not in log
     post = study_dir / "analysis"
     sweep = pd.read_csv(post / "guidance_sweep.csv")
-    assert sorted(sweep["guidance"].unique()) == [0, 0.5, 1, 2, 3, 4, 6]
-    assert sweep["trial_id"].nunique() == 2 and sweep["judge_acc"].between(0, 1).all()
+    assert set(sweep["guidance"].unique()) == {1.0, 3.0}  # the smoke preset's grid
+    results = pd.read_csv(study_dir / "results.csv")
+    assert sweep["trial_id"].nunique() == len(results)  # every trial's search, as it ran
+    assert sweep["coverage"].between(0, 1).all() and sweep["judge_acc"].between(0, 1).all()
     rec = pd.read_csv(post / "recognisable_steps.csv")
-    assert len(rec) == 20 and rec["frac_pass"].between(0, 1).all()
+    shown = json.loads((post / "post.json").read_text())["trials"]
+    assert len(rec) == 10 * len(shown) and rec["frac_pass"].between(0, 1).all()
     with np.load(post / "trajectory.npz") as z:
         assert z["conf"].shape[0] == int(z["total_steps"]) + 1
         assert z["images"].shape[1:] == (10, 28, 28)
@@ -278,7 +347,7 @@ def test_report_cli_end_to_end(smoke_study):
     index = study_dir / "report" / "index.html"
     assert p.stdout.strip() == f"report: {index}"
     page = _check_page(index)
-    images = set(re.findall(r"<img src='([^']+)'", page))
+    images = set(re.findall(r'<img src="([^"]+)"', page))
     expected = {"cost_quality.png", "depth_width.png", "lr_guidance.png", "importance.png",
                 "guidance.png", "per_digit.png", "selection_gain.png", "noise_progression.png",
                 "generation_steps.png", "recognisable.png", "training_curves.png"}
@@ -289,7 +358,7 @@ def test_report_cli_end_to_end(smoke_study):
     summary = (study_dir / "report" / "summary.md").read_text()
     n = len(pd.read_csv(study_dir / "results.csv"))  # 2 trials + the front's confirmations
     assert "Pareto front" in summary and f"trials: {n} ({n} ok, 0 failed)" in summary
-    assert "quality metric: `clip_top`" in summary
+    assert "quality metric: `coverage`" in summary
 
 
 @pytest.mark.slow

@@ -5,7 +5,9 @@ same Ray Jobs path `--cluster` uses. Everything started here is stopped here, by
 
 import copy
 import importlib.util
+import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -17,13 +19,14 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import optuna
 import psutil
 import pytest
 import requests
 import yaml
 
 from study import cluster, jobs, storage
-from study.errors import ClusterError
+from study.errors import ClusterError, UsageError
 from study.results import read_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,6 +179,282 @@ def test_push_and_pull_study_round_trip(tmp_path):
     assert (back / "results.csv").read_text() == "trial_id\nt1\n"
 
 
+def test_gpu_worker_type_without_gpu_resources_is_refused(tmp_path):
+    """A GPU instance type whose node type does not declare its GPUs would run the study on CPU
+    (the study plans for declared GPUs only): refused with one line naming the type."""
+    text = CLUSTER_YAML.read_text()
+    assert 'resources: {"GPU": 1}' in text
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text.replace('resources: {"GPU": 1}', "resources: {}", 1))
+    with pytest.raises(ClusterError, match=r"node type \w+ \(g5\.xlarge\) has GPUs but no 'GPU' "
+                                           r"in its resources.*GPU: 1"):
+        cluster.load_cluster_config(path)
+    config = yaml.safe_load(text)
+    gpu_type = next(k for k in config["available_node_types"] if k != config["head_node_type"])
+    node = config["available_node_types"][gpu_type]
+    for node_config in ({"machineType": "n1-standard-8", "guestAccelerators": [
+            {"acceleratorType": "nvidia-tesla-t4", "acceleratorCount": 1}]},
+            {"azure_arm_parameters": {"vmSize": "Standard_NC6s_v3"}},
+            {"InstanceType": "p4d.24xlarge"}):
+        node.update(node_config=node_config, resources={"CPU": 8})
+        with pytest.raises(ClusterError, match="has GPUs but no 'GPU'"):
+            cluster.check_gpu_types(config, path)
+        node["resources"]["GPU"] = 1
+        cluster.check_gpu_types(config, path)  # declared: fine
+    node.update(node_config={"InstanceType": "m5.xlarge"}, resources={"CPU": 4})
+    cluster.check_gpu_types(config, path)  # a CPU type needs no GPU line
+
+
+def test_oversized_cluster_file_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    with open(path, "wb") as f:
+        f.truncate(2 * cluster.CLUSTER_YAML_BYTES)
+    with pytest.raises(UsageError, match="--cluster .*more than the 1048576"):
+        cluster.load_cluster_config(path)
+
+
+# ---- the object-store mirror (pyarrow's local filesystem stands in for S3) -------------------
+
+
+@pytest.fixture
+def store_study(tmp_path, monkeypatch):
+    """A study directory whose Tune storage is an object-store URI (file://, as pyarrow reads
+    s3:// and gs://), with its study.json, judge and a trial's files."""
+    from dataclasses import replace
+
+    from study.run import build_spec, parse_args
+    from study.spec import StudyRecord
+
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "1")
+    spec = build_spec(parse_args([*SMOKE, "--name", "m", "--output-dir", str(tmp_path / "runs")]))
+    spec = replace(spec, tune_storage=f"file://{tmp_path / 'store'}/m/ray")
+    spec.layout.trial("t1").root.mkdir(parents=True)
+    StudyRecord(spec).save(spec.layout)
+    for name in ("judge.pt", "reference.json"):
+        (spec.layout.root / name).write_text(name)
+    (spec.layout.trial("t1").outcome).write_text('{"history": []}')
+    return spec
+
+
+def test_a_finished_trial_reaches_the_object_store_when_its_row_is_written(store_study,
+                                                                         tmp_path):
+    """The Finalizer's row, the trial's folder, the table and study.json are uploaded as soon
+    as the row is written; the Optuna database as soon as Optuna is told (a consistent SQLite
+    snapshot). Nothing waits for the study's end, which a stopped job never reaches."""
+    import optuna
+
+    from study.finalize import get_finalizer
+    from study.search import StudySearch
+
+    store = tmp_path / "store" / "m"
+    spec = store_study
+    search = StudySearch(study_dir=spec.study_dir, study_name="m", seed=0,
+                         storage=optuna.storages.RDBStorage(spec.storage))
+    search.set_search_properties(None, None, spec.space.to_tune())
+    params = search.suggest("t1")
+    row = get_finalizer(spec.study_dir)("t1", {"error": "boom"}, params)
+    assert row["status"] == "failed"
+    assert (store / "trials" / "t1" / "outcome.json").read_text() == '{"history": []}'
+    assert read_results(store).set_index("trial_id").loc["t1", "error"] == "boom"
+    assert (store / "study.json").read_bytes() == (spec.layout.spec).read_bytes()
+    assert (store / "judge.pt").read_text() == "judge.pt"
+    assert not (store / "ray").exists() and not (store / ".lock").exists()
+    search.on_trial_complete("t1", None, error=True)  # Optuna told: FAIL
+    told = optuna.load_study(study_name="m", storage=f"sqlite:///{store / 'optuna.db'}")
+    assert [t.state.name for t in told.trials] == ["FAIL"]
+
+
+def test_a_failed_upload_warns_and_the_trial_goes_on(store_study, capsys):
+    from study.mirror import Mirror
+
+    mirror = Mirror(store_study.layout, "file:///proc/no-such-store/m")  # not writable
+    mirror.after_row("t1")
+    err = capsys.readouterr().err
+    assert "warning: could not copy trial t1 to file:///proc/no-such-store/m" in err
+    assert "copied again when the study ends" in err
+
+
+# ---- `--cluster` bring-up against a fake launcher and Jobs client ----------------------------
+
+FAKE_DASHBOARD = """
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class Dashboard(BaseHTTPRequestHandler):
+    def do_GET(self):
+        nodes = [{"state": "ALIVE", "node_id": str(i), "resources_total": {"GPU": i}}
+                 for i in range(int(sys.argv[2]))]
+        body = json.dumps({"data": {"result": {"result": nodes}}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Dashboard).serve_forever()
+"""
+
+
+class FakeLauncher(cluster.Launcher):
+    """Ray's cluster launcher without a cloud: records each step, fails the one it is told to.
+    Its "SSH tunnel" is a process serving the dashboard's nodes API on the forwarded port."""
+
+    def __init__(self, calls: list, fail: str | None = None, nodes: int = 2):
+        self.calls, self.fail, self.nodes, self.tunnels = calls, fail, nodes, []
+
+    def ensure_token(self):
+        self.calls.append("token")
+        if self.fail == "token":
+            raise PermissionError(13, "Permission denied", "/home/me/.ray/auth_token")
+
+    def up(self, config):
+        self.calls.append("up")
+        if self.fail == "up":
+            raise RuntimeError("InsufficientInstanceCapacity: no g5.xlarge in us-west-2a")
+        return "10.0.0.1"
+
+    def tunnel(self, config_file, port):
+        self.calls.append("tunnel")
+        assert yaml.safe_load(Path(config_file).read_text())["cluster_name"]
+        code = "raise SystemExit(3)" if self.fail == "tunnel" else FAKE_DASHBOARD
+        self.tunnels.append(subprocess.Popen([sys.executable, "-c", code, str(port),
+                                              str(self.nodes)], start_new_session=True))
+        return self.tunnels[-1]
+
+    def rsync_down(self, config, source, target):
+        self.calls.append("fetch")
+        if self.fail == "fetch":
+            raise RuntimeError("rsync: connection unexpectedly closed")
+        Path(target, "results.csv").write_text("trial_id,status\nt1,ok\n")
+
+
+class FakeJobs:
+    """JobSubmissionClient's calls that submit() makes, recorded."""
+
+    def __init__(self, calls: list, fail: str | None = None):
+        self.calls, self.fail, self.submitted = calls, fail, {}
+
+    def __call__(self, url, headers=None):  # the client factory
+        self.calls.append("client")
+        self.url = url
+        return self
+
+    def submit_job(self, **kwargs):
+        self.calls.append("submit")
+        if self.fail == "submit":
+            raise RuntimeError("Request failed with status code 500: Internal Server Error.")
+        self.submitted = kwargs
+        return kwargs["submission_id"]
+
+    def get_job_status(self, job_id):
+        from ray.job_submission import JobStatus
+
+        if self.fail == "ctrl-c":
+            raise KeyboardInterrupt
+        self.calls.append("status")
+        return JobStatus.FAILED if self.fail == "job" else JobStatus.SUCCEEDED
+
+    async def tail_job_logs(self, job_id):
+        yield "study bring-up: 1 trial\n"
+
+    def get_job_info(self, job_id):
+        return SimpleNamespace(message="Job entrypoint command failed with exit code 1")
+
+
+@pytest.fixture
+def bring_up(tmp_path, monkeypatch):
+    """`bring_up(fail)` runs jobs.submit for cluster.yaml with the fakes failing at `fail`:
+    (exit status or the ClusterError, the recorded calls, the launcher, the jobs client)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = cluster.load_cluster_config(CLUSTER_YAML)
+    config["provider"]["type"] = "fake"  # (an AWS one would need boto3 first)
+
+    def run(fail=None):
+        calls = []
+        launcher, client = FakeLauncher(calls, fail), FakeJobs(calls, fail)
+        argv = [*SMOKE, "--cluster", str(CLUSTER_YAML), "--storage-path", "/mnt/efs/runs",
+                "--shared-fs", "--storage", "postgresql://me:hunter2@db.internal/optuna"]
+        try:
+            code = jobs.submit(argv, name="up", output_dir=tmp_path / "out",
+                               storage_path="/mnt/efs/runs", shared_fs=True, config=config,
+                               launcher=launcher, client_factory=client)
+        except ClusterError as e:
+            code = e
+        for t in launcher.tunnels:  # every tunnel the bring-up opened was closed again
+            assert t.wait(timeout=10) is not None
+        return code, calls, launcher, client
+
+    return run
+
+
+def test_bring_up_runs_every_step_in_order(bring_up, capsys):
+    code, calls, _, client = bring_up()
+    assert code == 0, code
+    assert calls == ["token", "up", "tunnel", "client", "submit", "status", "fetch"]
+    out = capsys.readouterr().out
+    assert "cluster diffusion-study: head node 10.0.0.1; Ray dashboard (SSH tunnel): " \
+           "http://127.0.0.1:" in out and "[job study-up-" in out and "SUCCEEDED" in out
+    job = client.submitted
+    assert job["metadata"] == {"study": "up", "storage_path": "/mnt/efs/runs"}
+    assert job["entrypoint"].startswith("python study/run.py --preset smoke")
+    assert "--gpus 4 " in job["entrypoint"] + " " and "--cluster" not in job["entrypoint"]
+    # The storage password reaches the job through its environment, never its command line.
+    assert "hunter2" not in job["entrypoint"] + out and "me@db.internal" in job["entrypoint"]
+    assert job["runtime_env"]["env_vars"]["STUDY_STORAGE_PASSWORD"] == "hunter2"
+
+
+@pytest.mark.parametrize("fail, steps, match", [
+    ("token", ["token"], "cannot create the cluster's token file"),
+    ("up", ["token", "up"], "could not bring up cluster diffusion-study: RuntimeError: "
+                            "InsufficientInstanceCapacity"),
+    ("tunnel", ["token", "up", "tunnel"], r"SSH tunnel to the dashboard ended \(exit 3\)"),
+    ("submit", ["token", "up", "tunnel", "client", "submit"],
+     r"could not submit the study job to http://127\.0\.0\.1:\d+: RuntimeError: Request "
+     r"failed with status code 500"),
+])
+def test_a_failed_bring_up_step_stops_there_with_one_line(bring_up, fail, steps, match):
+    """Each step's failure is a ClusterError (one line, exit 2 from the CLI) and nothing after
+    it runs: no job without a tunnel, no tunnel without a cluster."""
+    code, calls, _, _ = bring_up(fail)
+    assert isinstance(code, ClusterError) and "\n" not in str(code), code
+    assert re.search(match, str(code)), code
+    assert calls == steps
+
+
+def test_a_failed_job_is_reported_and_its_study_still_fetched(bring_up, capsys):
+    code, calls, _, _ = bring_up("job")
+    assert code == 1 and calls[-1] == "fetch"
+    assert "FAILED: Job entrypoint command failed with exit code 1" in capsys.readouterr().err
+
+
+def test_a_failed_fetch_says_where_the_study_is(bring_up, capsys):
+    code, calls, _, _ = bring_up("fetch")
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and calls[-1] == "fetch" and err.count("\n") == 0
+    assert err.startswith("error: could not fetch the study directory from /mnt/efs/runs/up")
+    assert "resume with --resume --name up" in err
+
+
+def test_ctrl_c_while_following_detaches_and_closes_the_tunnel(bring_up, capsys):
+    code, calls, _, _ = bring_up("ctrl-c")
+    assert code == 130 and "fetch" not in calls
+    assert "detached; job study-up-" in capsys.readouterr().err
+
+
+def test_cluster_bring_up_failure_through_the_cli_is_one_line(tmp_path, monkeypatch, capsys):
+    """The same failure through study/run.py's main: exit status 2, one line on stderr."""
+    from study.run import main
+
+    calls = []
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(jobs, "Launcher", lambda: FakeLauncher(calls, "up"))
+    monkeypatch.setattr(cluster.importlib.util, "find_spec", lambda name: object())  # "boto3"
+    code = main(["--cluster", str(CLUSTER_YAML), "--storage-path", "s3://bucket/runs", *SMOKE])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert err.startswith("error: could not bring up cluster diffusion-study") and calls == [
+        "token", "up"]
+
+
 # ---- a real two-node cluster on 127.0.0.1 ---------------------------------------------------
 
 
@@ -296,33 +575,63 @@ def test_bad_or_missing_token_is_one_line(two_nodes, tmp_path, token, match):
 
 
 @pytest.mark.slow
-def test_study_job_spans_both_nodes_survives_losing_one_and_comes_back(two_nodes, tmp_path,
-                                                                       live):
+def test_study_job_spans_both_nodes_survives_losing_one_and_being_stopped(two_nodes, tmp_path,
+                                                                         live):
     """A smoke study submitted as a Ray Job: each trial's two DDP workers run one per node. The
     worker node is stopped while the first trial trains on it and a replacement node joins (as
-    the autoscaler would bring one up); the trial resumes from its checkpoint, the second trial
-    runs on the new node, and the study directory comes back complete. One study serves both
-    checks: each costs ~90 s of Ray start-up and training on 2 cores."""
+    the autoscaler would bring one up); the trial resumes from its checkpoint. Then the job
+    itself is stopped (`ray job stop`, as the client suggests) while the second trial trains:
+    the first trial's row is already on the shared storage path, and the study resubmitted with
+    --resume loses only the running trial's progress since its checkpoint, and comes back
+    complete with its table, Tune's state and Optuna agreeing. One study serves all checks:
+    each costs ~90 s of Ray start-up and training on 2 cores."""
+    from ray.job_submission import JobSubmissionClient
+
     shared, fetched = tmp_path / "shared", tmp_path / "fetched"
-    run = live([sys.executable, str(ROOT / "study" / "run.py"), "--address", two_nodes.url,
-                "--storage-path", str(shared), "--shared-fs", "--output-dir", str(fetched),
-                "--name", "two", "--epochs", "5", *SMOKE], two_nodes.env, timeout_s=600)
+    cmd = [sys.executable, str(ROOT / "study" / "run.py"), "--address", two_nodes.url,
+           "--storage-path", str(shared), "--shared-fs", "--output-dir", str(fetched),
+           "--name", "two", "--epochs", "5", *SMOKE]
+    run = live(cmd, two_nodes.env, timeout_s=600)
+    job_id = run.until(r"submitted job (\S+):")[1]
     first = run.until(r"\[two_train_(\w+?)_d\d+w\d+\] epoch +1 ")[1]
     lost = jobs.alive_nodes(two_nodes.url)
     node = two_nodes.procs.index(two_nodes.worker)
     _stop([two_nodes.procs.pop(node)])  # SIGTERM its processes, then SIGKILL what is left
     two_nodes.worker = two_nodes.start_worker("w2")
-    assert run.finish() == 0, run.log()
-    log = "".join(run.lines)
-    # The job's status, and its logs streamed back: the resume and the driver's summary.
-    assert "SUCCEEDED" in log and "resuming after epoch" in log and "Pareto front" in log
+    run.until(rf"trial {first} d\d+ w\d+ .*: ok")
+    while (m := run.until(r"\[two_train_(\w+?)_d\d+w\d+\] epoch +(\d+) "))[1] == first:
+        pass
+    second, epoch = m[1], int(m[2])
+    assert epoch < 5, "the second trial was not stopped mid-training"
+    JobSubmissionClient(two_nodes.url, headers=two_nodes.headers).stop_job(job_id)
+    assert run.finish() == 1, run.log()
+    assert f"job {job_id} STOPPED" in "".join(run.lines)
+    # Durable before the study's end: the finished trial's row and files are on the path.
+    stopped = read_results(shared / "two").set_index("trial_id")
+    assert list(stopped.index) == [first] and stopped.loc[first, "status"] == "ok"
+    assert (shared / "two" / stopped.loc[first, "checkpoint_path"]).stat().st_size > 0
 
-    # The study directory came back complete.
+    again = live([*cmd, "--resume"], two_nodes.env, timeout_s=600)
+    assert again.finish() == 0, again.log()
+    log = "".join(run.lines + again.lines)
+    # The job's status, and its logs streamed back: the resumes and the driver's summary.
+    assert "SUCCEEDED" in log and "Pareto front" in log
+    assert "resuming after epoch" in "".join(run.lines)  # the first trial, on the new node
+    assert "resuming after epoch" in "".join(again.lines)  # the second, after the job stop
+
+    # The study directory came back complete, the first trial's row as it was.
     study = fetched / "two"
     df = read_results(study)
     assert len(df) == 2 and (df["status"] == "ok").all(), df[["status", "error"]]
+    assert set(df["trial_id"]) == {first, second}  # the stopped trial finished, no new one
     resumed = df.set_index("trial_id").loc[first]
     assert resumed["epochs_run"] == 5 and resumed["stop_reason"] == "completed"
+    assert resumed["trial_wall_s"] == stopped.loc[first, "trial_wall_s"]
+    ot = optuna.load_study(study_name="two", storage=f"sqlite:///{study / 'optuna.db'}")
+    assert sorted(t.state.name for t in ot.trials) == ["COMPLETE", "COMPLETE"]
+    assert sorted(t.params["lr"] for t in ot.trials) == sorted(df["lr"])
+    state = json.loads(max((study / "ray" / "two").glob("experiment_state-*.json")).read_text())
+    assert {json.loads(d)["trial_id"] for d, _ in state["trial_data"]} == set(df["trial_id"])
     for f in ("study.json", "reference.json", "optuna.db", "judge.pt"):
         assert (study / f).stat().st_size > 0, f
     for col in ("samples_path", "grid_path", "checkpoint_path"):
@@ -332,8 +641,10 @@ def test_study_job_spans_both_nodes_survives_losing_one_and_comes_back(two_nodes
     # The dashboard's HTTP API, with the token: the job, the nodes, and where workers ran.
     listed = requests.get(two_nodes.url + "/api/jobs/", headers=two_nodes.headers,
                           timeout=30).json()
-    job = next(j for j in listed if (j.get("metadata") or {}).get("study") == "two")
-    assert job["status"] == "SUCCEEDED" and job["submission_id"].startswith("study-two-")
+    studies = [j for j in listed if (j.get("metadata") or {}).get("study") == "two"]
+    assert sorted(j["status"] for j in studies) == ["STOPPED", "SUCCEEDED"]
+    job = next(j for j in studies if j["status"] == "SUCCEEDED")
+    assert job["submission_id"].startswith("study-two-")
     assert job["entrypoint"].startswith("python study/run.py") and "--address" not in \
         job["entrypoint"] and "--output-dir" not in job["entrypoint"]
     nodes = jobs.api_get(two_nodes.url, "/api/v0/nodes", limit=100)["data"]["result"]["result"]

@@ -49,3 +49,26 @@ def test_adopting_a_half_written_trial_completes_its_parameters(search):
 
 def test_finished_states_are_optunas_terminal_ones():
     assert {s for s in optuna.trial.TrialState if s.is_finished()} == set(private.FINISHED)
+
+
+@pytest.mark.parametrize("sigint_disabled", ["0", "1"])
+def test_tune_stops_on_request_whether_or_not_it_handles_sigint(sigint_disabled, monkeypatch):
+    """Tune's graceful stop (what its own SIGINT handler does) is reachable through SIGUSR1's
+    handler, also with TUNE_DISABLE_SIGINT_HANDLER=1 (how the driver takes Ctrl-C itself)."""
+    import signal
+
+    from ray.tune.tune import _setup_signal_catching
+
+    monkeypatch.setenv("TUNE_DISABLE_SIGINT_HANDLER", sigint_disabled)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGUSR1)}
+    try:
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        assert not private.request_tune_stop()  # no tuning: nothing to ask
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        interrupted = _setup_signal_catching()  # what Tuner.fit() does first
+        assert (signal.getsignal(signal.SIGINT) is signal.default_int_handler) == \
+            (sigint_disabled == "1")
+        assert private.request_tune_stop() and interrupted.is_set()
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)

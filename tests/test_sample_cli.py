@@ -154,6 +154,9 @@ def test_help_explains_every_option(capsys):
     for option in ("TRIAL_DIR_OR_CHECKPOINT", "--digits", "-n", "--guidance", "--sampler",
                    "--steps", "--seed", "--style", "--out", "--npz", "--device", "outcome.json"):
         assert option in out, option
+    text = " ".join(out.split())  # wrapped lines joined
+    assert "Default: the trial's tuned w, from its outcome.json" in text  # as it does (above)
+    assert "images (uint8, N x 28 x 28), labels (N,)" in text
 
 
 def _bad_files(tmp_path, trial):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from conftest import study_env
@@ -29,8 +30,7 @@ def test_smoke_study_records_every_trial(smoke_study):
     assert sorted(confirm["confirm_of"]) == sorted(r["trial_id"] for r in front)
     for r in confirm.itertuples():
         orig = search.set_index("trial_id").loc[r.confirm_of]
-        assert (r.depth, r.width, r.lr, r.guidance) == (orig.depth, orig.width, orig.lr,
-                                                        orig.guidance)
+        assert (r.depth, r.width, r.lr) == (orig.depth, orig.width, orig.lr)
         assert r.seed != orig.seed
     required = ["depth", "width", "lr", "guidance", "params", "forward_gflops", "train_gflops",
                 "trial_wall_s", "train_seconds", "worker_seconds", "images_per_s", "epochs_run",
@@ -41,12 +41,25 @@ def test_smoke_study_records_every_trial(smoke_study):
     clip_cols = ["clip_top", "clip_all", "clip_gain", "clip_acc_all", "clip_acc_top"]
     assert df[clip_cols].notna().all().all()
     assert df["clip_model"].str.contains("tiny_clip.json").all()
-    assert (df["quality"] == df["clip_top"]).all() and (df["workers"] == 2).all()
+    # quality is coverage, which guidance cannot inflate; CLIP-top-3 is logged beside it
+    assert (df["quality"] == df["coverage"]).all() and (df["workers"] == 2).all()
+    assert df["quality"].between(0, 1).all()
+    # each trained model's w was searched (the smoke preset's grid: 1, 3) and the row says so
+    assert df["guidance"].isin([1.0, 3.0]).all() and (df["guidance_search_s"] > 0).all()
+    for r in df.itertuples():
+        curve = json.loads(r.guidance_curve)
+        assert set(curve) == {"1", "3"} and curve[f"{r.guidance:g}"] == max(curve.values())
+        assert (study_dir / "trials" / r.trial_id / "guidance.csv").exists()
+        # the probe's samples after every epoch, for the report's "how digits grew" grids
+        with np.load(study_dir / "trials" / r.trial_id / "progress.npz") as z:
+            assert list(z["epochs"]) == list(range(1, r.epochs_run + 1))
+            assert z["images"].shape == (r.epochs_run, 20, 28, 28) and len(z["labels"]) == 20
     assert (df["clip_top"] >= df["clip_all"]).all()  # top-3 of 10 never below the mean
     for col in ("samples_path", "grid_path", "checkpoint_path"):
         assert all((study_dir / p).stat().st_size > 0 for p in df[col])
     setup = json.loads((study_dir / "study.json").read_text())
-    assert setup["quality_metric"] == "clip_top" and setup["versions"]["ray"]
+    assert setup["quality_metric"] == "coverage" and setup["headline_metric"] == "clip_top"
+    assert setup["versions"]["ray"]
     ref = json.loads((study_dir / "reference.json").read_text())
     assert ref["judge_acc"] > 0.8  # real digits through the same pipeline
     # every epoch report carries the start-up split, so a trial ASHA stops is costed too
@@ -69,52 +82,50 @@ def test_optuna_db_matches_results(smoke_study):
     assert sorted(t.params["lr"] for t in done) == pytest.approx(sorted(df["lr"]))
 
 
-@pytest.mark.slow
-def test_asha_stopped_trial_is_evaluated_from_its_checkpoint(smoke_study, tmp_path):
-    """A trial stopped by ASHA has no final report: the Finalizer evaluates its last epoch
-    checkpoint with the study's own protocol, so Optuna and the table get measured values."""
-    import shutil
-
+def test_finalizer_costs_rows_by_the_recorded_sizing(tmp_path):
+    """The Finalizer builds each row from the trial's final report and the sizing the driver
+    recorded in study.json (GPU-seconds), copies nothing it was not given, and a trial with no
+    usable report becomes a failed row saying why; both are upserted into results.csv."""
     from study.finalize import Finalizer
-    from study.layout import StudyLayout
     from study.spec import Sizing, StudyRecord
 
-    study_dir = smoke_study
-    copy = tmp_path / "study"
-    shutil.copytree(study_dir, copy, ignore=shutil.ignore_patterns("ray"))
-    done = read_results(copy).iloc[0]
-    epoch_ckpt = tmp_path / "epoch_checkpoint"
-    epoch_ckpt.mkdir()
-    shutil.copy(copy / done["checkpoint_path"], epoch_ckpt / "checkpoint.pt")
-    last_result = {"checkpoint_path": str(epoch_ckpt), "epoch": 1, "train_seconds": 2.0,
-                   "images_seen": 1600, "images_per_s": 800.0, "time_total_s": 12.0,
-                   "train_loss": 0.5, "val_loss": 0.4, "probe_judge_acc": 0.1,
-                   "probe_s_total": 1.5, "trainer_start_s": 6.0, "worker_setup_s": 0.5,
-                   "train_dtype": "bf16"}
-    config = {"depth": int(done["depth"]), "width": int(done["width"]),
-              "lr": float(done["lr"]), "guidance": float(done["guidance"])}
-    layout = StudyLayout(copy)
-    row = Finalizer(layout)("stopped1", last_result, config)
-    assert row["status"] == "ok" and row["stop_reason"] == "asha"
-    assert row["quality"] == row["clip_top"] is not None and row["train_cost_s"] == 2.0
-    assert row["startup_s"] == pytest.approx(12.0 - 2.0 - 1.5) and row["images_seen"] == 1600
-    assert (row["trainer_start_s"], row["worker_setup_s"], row["gpu_seconds"]) == (6.0, 0.5, 0.0)
-    assert row["train_dtype"] == "bf16" and row["images_per_s"] == 800.0
-    # the driver recorded its sizing in study.json; on GPUs the stopped trial is costed by it
-    record = StudyRecord.load(layout)
-    assert record.sizing == Sizing(concurrent=1, cpus_per_worker=record.sizing.cpus_per_worker)
-    StudyRecord(record.spec, Sizing(1, 4.0, 0.5), record.facts).save(layout)
-    gpu_row = Finalizer(layout)("stopped2", last_result, config)
-    assert gpu_row["gpu_seconds"] == pytest.approx(12.0 * 2 * 0.5)  # wall × workers × share
-    # a stopped trial that cannot be evaluated gets a failed row saying why; the study goes on
-    (epoch_ckpt / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    bad = Finalizer(layout)("stopped3", last_result, config)
-    assert bad["status"] == "failed" and bad["quality"] is None
-    assert bad["error"].startswith("evaluating the stopped trial: ")
-    assert read_results(copy).set_index("trial_id").loc["stopped3", "status"] == "failed"
-    table = read_results(copy).set_index("trial_id")
-    assert table.loc["stopped1", "stop_reason"] == "asha"
-    assert (copy / table.loc["stopped1", "samples_path"]).exists()
+    spec = _spec("--output-dir", str(tmp_path), "--name", "fin")
+    spec.layout.root.mkdir(parents=True)
+    StudyRecord(spec, Sizing(1, 4.0, 0.5)).save(spec.layout)
+    report = {"final": True, "stop_reason": "asha", "epoch": 1, "train_seconds": 2.0,
+              "images_seen": 1600, "time_total_s": 12.0, "train_loss": 0.5, "val_loss": 0.4,
+              "probe_judge_acc": 0.1, "probe_s_total": 1.5, "eval_total_s": 3.0,
+              "trainer_start_s": 6.0, "worker_setup_s": 0.5, "train_dtype": "bf16",
+              "coverage": 0.3, "judge_acc": 0.75, "frechet": 30.0}
+    config = {"depth": 2, "width": 8, "lr": 1e-3}
+    finalize = Finalizer(spec.layout)
+    row = finalize("stopped1", report, config)
+    assert (row["status"], row["stop_reason"], row["quality"]) == ("ok", "asha", 0.3)
+    assert row["startup_s"] == pytest.approx(12.0 - 2.0 - 1.5 - 3.0)
+    assert row["gpu_seconds"] == pytest.approx(12.0 * 2 * 0.5)  # wall × workers × share
+    assert row["images_per_s"] == 800.0 and row["params"] > 0
+    bad = finalize("gone", {"error": "RayActorError: the actor died"}, config)
+    assert bad["status"] == "failed" and bad["error"].startswith("RayActorError")
+    table = read_results(spec.layout.root).set_index("trial_id")
+    assert list(table.index) == ["stopped1", "gone"]
+    assert finalize("stopped1", {}, config) is row  # once per trial
+
+
+def test_rungs_stop_what_tunes_asha_stops():
+    """study/rungs.py decides with Tune's own ASHAScheduler: at the first rung (epoch 2 of 8)
+    a trial below the 1 - 1/3 quantile of those recorded there stops; the first ones go on."""
+    from study.rows import PROBE
+    from study.rungs import AshaConfig, Rungs
+
+    rungs = Rungs(AshaConfig.for_budget(epochs=8))
+    assert AshaConfig.for_budget(8) == AshaConfig(grace_period=2, max_t=9)
+    assert not rungs.decide("a", {"epoch": 1, PROBE: 0.1})  # before the first rung
+    decisions = [rungs.decide(t, {"epoch": 2, PROBE: p})
+                 for t, p in [("a", 0.5), ("b", 0.9), ("c", 0.2), ("d", 0.95)]]
+    assert decisions == [False, False, True, False]
+    again = Rungs(AshaConfig.for_budget(epochs=8))
+    again.replay({"a": [{"epoch": 2, PROBE: 0.5}], "b": [{"epoch": 2, PROBE: 0.9}]})
+    assert again.decide("c", {"epoch": 2, PROBE: 0.2})  # the same decision after a resume
 
 
 def test_resumed_searcher_adopts_the_suggestion_a_crash_left_running(tmp_path):
@@ -155,7 +166,7 @@ def test_trial_config_turns_style_on_from_the_search_axis():
     from trainables.config import TrialConfig
     from trainables.style import STYLE_DIM
 
-    params = {"depth": 2, "width": 8, "lr": 1e-3, "guidance": 1.0}
+    params = {"depth": 2, "width": 8, "lr": 1e-3}
     on = apply({**params, "style": True}, TrialConfig())
     assert on.model.style_dim == STYLE_DIM and values(on)["style"] is True
     off = apply(params, TrialConfig())  # tables and spaces from before the axis existed
@@ -222,7 +233,7 @@ def test_more_trials_than_slots_with_asha_stops_all_get_rows(tmp_path, judge_cac
     assert len(df) == 4 and (df["status"] == "ok").all(), df[["status", "error"]]
     stopped = df[df["stop_reason"] == "asha"]
     assert len(stopped) >= 2 and (stopped["epochs_run"] == 1).all()
-    assert stopped["judge_acc"].notna().all()  # evaluated from the checkpoint by the Finalizer
+    assert stopped["quality"].notna().all()  # the trial's own final report
     assert stopped["train_dtype"].notna().all()  # from fit's epoch reports, as costed
     assert (df.loc[df["stop_reason"] == "completed", "epochs_run"] == 2).all()
     # the same meaning for stopped and completed rows: images trained on, per epoch run

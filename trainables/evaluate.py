@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from trainables import artefacts
 from trainables.config import TrialConfig
 from trainables.data import DIGITS, Digits
 from trainables.diffusion import Schedule
@@ -33,7 +34,7 @@ from trainables.quality import (
     frechet_distance,
     per_digit_quality,
 )
-from trainables.sample import generate, save_samples
+from trainables.sample import generate, save_samples, to_uint8
 
 PROBE_SEED = 12345  # the in-training probe's noise: fixed, and apart from the evaluation's
 PROBE_GUIDANCE = (0.5, 2.0, 4.0)  # w values the probe reads a model at; it keeps the best
@@ -186,22 +187,25 @@ def evaluate_model(ema, cfg: TrialConfig, judge: Judge, clip, real: Digits,
         import pandas as pd
 
         out_dir = Path(out_dir)
-        save_samples(out_dir / "samples.npz", images, labels, cfg.to_dict(),
+        save_samples(out_dir / artefacts.SAMPLES, images, labels, cfg.to_dict(),
                      judge_conf=judge.probs(images).gather(1, labels[:, None]).squeeze(1).numpy())
-        pd.DataFrame(per_digit).to_csv(out_dir / "per_digit.csv", index=False)
+        pd.DataFrame(per_digit).to_csv(out_dir / artefacts.PER_DIGIT, index=False)
         from trainables import figures  # matplotlib: only when writing outputs
 
-        figures.close(figures.sample_grid(images, labels, path=out_dir / "samples.png",
+        figures.close(figures.sample_grid(images, labels, path=out_dir / artefacts.GRID,
                                           title=grid_title or f"w = {w:.2f}"))
     return m
 
 
 def quality_probe(judge: Judge, cfg: TrialConfig, n_per_digit: int = 2, steps: int = 10,
-                  guidance_values: tuple[float, ...] = PROBE_GUIDANCE):
+                  guidance_values: tuple[float, ...] = PROBE_GUIDANCE,
+                  keep: list | None = None):
     """A cheap in-training quality signal for early stopping: the judge's accuracy on a few DDIM
     samples (diffusion loss keeps falling while samples stay poor) at each of a few guidance
     weights from the same noise, keeping the best w (by accuracy, then confidence). Guidance is
-    tuned per trained model afterwards (``guidance.py``), so no model is stopped for its w."""
+    tuned per trained model afterwards (``guidance.py``), so no model is stopped for its w.
+    `keep`: a list each call appends the best w's samples to, (uint8 images, labels), so a
+    report can show how the digits grew during training at no extra sampling."""
     sched = Schedule.from_config(cfg.diffusion)
 
     def probe(ema) -> dict:
@@ -214,7 +218,9 @@ def quality_probe(judge: Judge, cfg: TrialConfig, n_per_digit: int = 2, steps: i
                  "judge_conf": probs.gather(1, labels[:, None]).mean().item(), "guidance": w}
             if best is None or (m["judge_acc"], m["judge_conf"]) > (best["judge_acc"],
                                                                     best["judge_conf"]):
-                best = m
+                best, best_images = m, (to_uint8(images), labels.numpy())
+        if keep is not None:
+            keep.append(best_images)
         return best
 
     return probe

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from trainables import artefacts
 from trainables.config import TrialConfig
 from trainables.data import DIGITS
 from trainables.diffusion import Schedule
@@ -45,6 +46,8 @@ class GuidanceSearch:
     seed: int = 0  # the noise every w is sampled from (the evaluation's, by default)
 
     def __post_init__(self):
+        # a list from a JSON round trip would make the frozen config unequal and unhashable
+        object.__setattr__(self, "grid", tuple(float(w) for w in self.grid))
         if not self.grid or any(w < 0 for w in self.grid):
             raise ValueError(f"grid={self.grid} must hold at least one w >= 0")
         if self.refine_rounds < 0:
@@ -111,3 +114,20 @@ def search_guidance(ema, cfg: TrialConfig, judge: Judge, reference: Reference,
             score(w)
     rows = tuple(curve[w] for w in sorted(curve))
     return GuidanceResult(best(), rows, time.perf_counter() - t0)
+
+
+GUIDANCE_FILE = artefacts.GUIDANCE  # a trained trial's curve, beside its samples
+
+
+def write_curve(path, curve: tuple[dict, ...]) -> None:
+    """The search's curve as a CSV table: one row per w scored."""
+    import pandas as pd
+
+    pd.DataFrame(list(curve)).to_csv(path, index=False)
+
+
+def curve_summary(curve: tuple[dict, ...]) -> str:
+    """The curve in one results-table cell: JSON {w: quality}, w and quality rounded."""
+    import json
+
+    return json.dumps({f"{row['guidance']:g}": round(row[QUALITY_METRIC], 4) for row in curve})

@@ -2,8 +2,9 @@
 
 ``train_fn_per_worker`` runs ``fit`` under DDP, then rank 0 evaluates the EMA weights and
 attaches a final checkpoint holding everything the study records for the trial: the model
-checkpoint, ``samples.npz``, ``per_digit.csv``, ``samples.png`` and ``outcome.json`` (stop
-reason, evaluation metrics). The trial driver in ``study/trial.py`` builds the TorchTrainer.
+checkpoint, ``samples.npz``, ``per_digit.csv``, ``samples.png``, ``guidance.csv`` (the
+quality-vs-w curve of the model's guidance search) and ``outcome.json`` (stop reason,
+evaluation metrics). The trial driver in ``study/trial.py`` builds the TorchTrainer.
 
 Imports here stay light (no open_clip, no matplotlib until the final evaluation): per-trial
 start-up time is training time lost.
@@ -21,15 +22,24 @@ import ray.train
 import ray.train.torch
 import torch
 
+from trainables import artefacts
 from trainables.clip_score import ClipConfig
 from trainables.config import TrialConfig
 from trainables.data import load_splits
 from trainables.eval_tools import EvalTools
-from trainables.evaluate import EvalConfig, evaluate_model, quality_probe
+from trainables.evaluate import EvalConfig, evaluate_model, quality_probe, quality_reference
+from trainables.guidance import (
+    GUIDANCE_FILE,
+    GuidanceSearch,
+    curve_summary,
+    search_guidance,
+    write_curve,
+)
 from trainables.judge import Judge
-from trainables.train_loop import CHECKPOINT_FILE, fit, format_metrics
+from trainables.session import CHECKPOINT_FILE, format_metrics
+from trainables.train_loop import fit
 
-OUTCOME_FILE = "outcome.json"
+OUTCOME_FILE, PROGRESS_FILE = artefacts.OUTCOME, artefacts.PROGRESS
 logger = logging.getLogger(__name__)
 
 
@@ -43,6 +53,8 @@ class RaySession:
         self.run_name = ctx.get_experiment_name()
         self._resume_dir: tempfile.TemporaryDirectory | None = None
         self.startup: dict = {}  # trainer_start_s, worker_setup_s once known
+        self.trial_id: str | None = None  # the Tune trial this run trains
+        self.rungs = None  # the study's early-stopping actor (study/rungs.py), if any
 
     def prepare_model(self, model):
         return ray.train.torch.prepare_model(model)
@@ -62,6 +74,13 @@ class RaySession:
         return path if (path / CHECKPOINT_FILE).exists() or (path / OUTCOME_FILE).exists() \
             else None
 
+    def should_stop(self, metrics: dict) -> str | None:
+        """Ask the study's rungs whether this trial stops after this epoch (rank 0 only; `fit`
+        shares the answer with the other ranks)."""
+        if self.rungs is None:
+            return None
+        return "asha" if ray.get(self.rungs.decide.remote(self.trial_id, metrics)) else None
+
     def report(self, metrics, checkpoint_dir):
         epoch = "train_loss" in metrics
         # an epoch carries the start-up split too: a trial ASHA stops after it is costed by it
@@ -76,7 +95,8 @@ class RaySession:
 def train_fn_per_worker(config: dict) -> None:
     """config: {"trial": TrialConfig dict, "judge": judge state, "eval": EvalConfig dict,
     "clip": ClipConfig dict or None, "threads": torch threads, "trial_start": time.time() of
-    the trial driver before it built the trainer (for the start-up breakdown)}.
+    the trial driver before it built the trainer (for the start-up breakdown), "trial_id" and
+    "rungs": the Tune trial and the study's early-stopping actor, or None}.
 
     The final report is the last epoch's measurements (what an ASHA-stopped trial reports too),
     with the stop reason and, on rank 0, the evaluation of the EMA weights."""
@@ -84,6 +104,7 @@ def train_fn_per_worker(config: dict) -> None:
     torch.set_num_threads(config.get("threads", 1))
     cfg = TrialConfig.from_dict(config["trial"])
     session = RaySession()
+    session.trial_id, session.rungs = config.get("trial_id"), config.get("rungs")
 
     # A retried trial whose final report already happened only repeats it.
     done = session.latest_checkpoint()
@@ -98,7 +119,8 @@ def train_fn_per_worker(config: dict) -> None:
     # start-up: Ray Train (controller, worker processes, process group), then data and judge
     session.startup = {"trainer_start_s": entered - config.get("trial_start", entered),
                        "worker_setup_s": ready - entered}
-    result = fit(cfg, session, splits, probe=quality_probe(judge, cfg))
+    progress: list = []  # the probe's samples after each epoch (rank 0), for the report
+    result = fit(cfg, session, splits, probe=quality_probe(judge, cfg, keep=progress))
 
     metrics = {**(result.history[-1] if result.history else {}), **session.startup,
                "stop_reason": result.stop_reason, "stop_detail": result.detail}
@@ -108,6 +130,8 @@ def train_fn_per_worker(config: dict) -> None:
 
     with tempfile.TemporaryDirectory(prefix="final-") as tmp:
         out = Path(tmp)
+        if progress:
+            _save_progress(out / PROGRESS_FILE, progress, result.history)
         if result.stop_reason != "diverged" and result.state:
             torch.save(result.state, out / CHECKPOINT_FILE)
             metrics.update(_evaluate(result.ema, cfg, judge, splits.val, config, out))
@@ -119,10 +143,33 @@ def train_fn_per_worker(config: dict) -> None:
 
 
 def _evaluate(ema, cfg: TrialConfig, judge: Judge, real, config: dict, out: Path) -> dict:
+    """The study's protocol for a trained model: tune its w on the fixed evaluation noise
+    (trainables/guidance.py), then evaluate it at that w; the curve is written beside the
+    samples (guidance.csv) and summarised in the metrics."""
     clip = None if config.get("clip") is None else ClipConfig(**config["clip"])
     tools = EvalTools.load(judge, clip, real, device=str(next(ema.parameters()).device))
+    ecfg = EvalConfig(**config["eval"])
     t0 = time.perf_counter()
-    m = evaluate_model(ema, cfg, tools.judge, tools.clip, tools.real, out,
-                       EvalConfig(**config["eval"]))
-    m["eval_total_s"] = time.perf_counter() - t0
+    reference = quality_reference(tools.real, tools.judge, ecfg)
+    search = search_guidance(ema, cfg, tools.judge, reference,
+                             GuidanceSearch(**config.get("guidance", {})))
+    write_curve(out / GUIDANCE_FILE, search.curve)
+    m = evaluate_model(ema, cfg, tools.judge, tools.clip, tools.real, out, ecfg,
+                       guidance=search.guidance, reference=reference)
+    m.update(guidance_search_s=search.seconds, guidance_curve=curve_summary(search.curve),
+             eval_total_s=time.perf_counter() - t0)
     return m
+
+
+def _save_progress(path: Path, progress: list, history: list[dict]) -> None:
+    """progress.npz: images (E, N, 28, 28) uint8 and labels (N,) of the probe at the best w after
+    each epoch this process trained (a resumed run keeps only its own), with their epochs and w."""
+    import numpy as np
+
+    n = min(len(progress), len(history))  # a probe whose epoch then diverged has no history
+    if n == 0:
+        return
+    progress, tail = progress[len(progress) - n:], history[len(history) - n:]
+    np.savez_compressed(path, images=np.stack([images for images, _ in progress]),
+                        labels=progress[-1][1], epochs=np.array([h["epoch"] for h in tail]),
+                        guidance=np.array([h.get("probe_guidance", np.nan) for h in tail]))

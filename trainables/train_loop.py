@@ -1,8 +1,9 @@
 """The training loop: one function, ``fit``, used standalone and inside Ray Train workers.
 
 ``fit`` is ordinary PyTorch. What differs between a single process and a DDP worker (rank,
-device, model wrapping, where reports and checkpoints go) comes from a ``Session``:
-``LocalSession`` here, ``trainables.ray_worker.RaySession`` in a Ray Train worker.
+device, model wrapping, where reports and checkpoints go) comes from a ``Session``
+(trainables/session.py): ``LocalSession``, or ``trainables.ray_worker.RaySession`` in a Ray
+Train worker.
 
 Per epoch it logs train loss, validation loss of the EMA weights (overall and per timestep
 quartile, on fixed noise so epochs compare), lr, epoch seconds and images/s, and writes a
@@ -24,7 +25,6 @@ from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -35,60 +35,16 @@ from trainables.cuda_graph import GraphedStep, make_capturable
 from trainables.data import Splits, load_splits
 from trainables.diffusion import Schedule, training_losses
 from trainables.sample import forward_batch
+from trainables.session import CHECKPOINT_FILE, LocalSession, Session  # noqa: F401 (callers)
 from trainables.style import StyleNorm, style_vectors
 from trainables.unet import UNet
 
-CHECKPOINT_FILE = "checkpoint.pt"
+#: Why fit ended; a session's should_stop adds its own reason (the study's: "asha").
 STOP_REASONS = ("completed", "time_budget", "step_budget", "early_stop", "diverged")
 _CHECK_EVERY = 10  # steps between budget / divergence checks (each costs a device sync)
 # Seed of the validation loss's t and noise: the same draws every epoch, on every rank and after
 # a resume, so epochs (and trials) compare on equal terms and a change is the model's
 VALIDATION_SEED = 1234
-
-
-class Session(Protocol):
-    rank: int
-    world_size: int
-    device: torch.device
-
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
-
-    def latest_checkpoint(self) -> Path | None: ...
-
-    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None: ...
-
-
-class LocalSession:
-    """Single process on CUDA if present, else CPU; checkpoints go to `run_dir`."""
-
-    rank, world_size = 0, 1
-
-    def __init__(self, run_dir: Path, resume: bool = False, verbose: bool = True,
-                 device: str | None = None):
-        self.run_dir = Path(run_dir)
-        self.resume = resume
-        self.verbose = verbose
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-    def prepare_model(self, model):
-        return model
-
-    def latest_checkpoint(self):
-        path = self.run_dir / CHECKPOINT_FILE
-        return path.parent if self.resume and path.exists() else None
-
-    def report(self, metrics, checkpoint_dir):
-        if checkpoint_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (checkpoint_dir / CHECKPOINT_FILE).replace(self.run_dir / CHECKPOINT_FILE)
-        if self.verbose:
-            print(format_metrics(metrics), flush=True)
-
-
-def format_metrics(m: dict) -> str:
-    return (f"epoch {m['epoch']:3d}  train {m['train_loss']:.4f}  val {m['val_loss']:.4f}  "
-            f"lr {m['lr']:.2e}  {m['images_per_s']:.0f} img/s  {m['epoch_s']:.1f}s"
-            + "".join(f"  {k} {m[k]:.3f}" for k in m if k.startswith("probe_")))
 
 
 @dataclass
@@ -375,6 +331,13 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
             if tmp is not None:
                 torch.save(last_state, tmp / CHECKPOINT_FILE)
             session.report(metrics, tmp)
+        should_stop = getattr(session, "should_stop", None)
+        if stop_reason == "completed" and should_stop is not None and epoch < tc.epochs:
+            verdict = [should_stop(metrics) if rank == 0 else None]
+            if world > 1:
+                dist.broadcast_object_list(verdict, src=0)
+            if verdict[0]:
+                stop_reason, detail = verdict[0], f"stopped after epoch {epoch} by the study"
         if stop_reason != "completed":
             break
 
