@@ -590,7 +590,7 @@ def test_study_job_spans_both_nodes_survives_losing_one_and_being_stopped(two_no
     shared, fetched = tmp_path / "shared", tmp_path / "fetched"
     cmd = [sys.executable, str(ROOT / "study" / "run.py"), "--address", two_nodes.url,
            "--storage-path", str(shared), "--shared-fs", "--output-dir", str(fetched),
-           "--name", "two", "--epochs", "5", *SMOKE]
+           "--name", "two", "--epochs", "5", "--verbose", *SMOKE]  # worker lines, as they come
     run = live(cmd, two_nodes.env, timeout_s=600)
     job_id = run.until(r"submitted job (\S+):")[1]
     first = run.until(r"\[two_train_(\w+?)_d\d+w\d+\] epoch +1 ")[1]

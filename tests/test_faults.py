@@ -56,7 +56,7 @@ def test_killed_worker_resumes_and_diverged_trial_is_failed(study, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("lr: [0.001, 1000]\n")
     run = study([*SMOKE, "--space", str(space), "--seed", "21", "--epochs", "4",
-                 "--name", "faults", "--output-dir", str(tmp_path)])
+                 "--name", "faults", "--output-dir", str(tmp_path), "--verbose"])
     m = run.until(r"\(RayTrainWorker pid=(\d+)[^)]*\)\S* \[faults_train_(\w+?)_d\d+w\d+\] "
                     r"epoch +2 ")
     killed_pid, killed_trial = int(m[1]), m[2]
@@ -110,8 +110,9 @@ def test_killed_then_interrupted_driver_resumes_without_rerunning(study, tmp_pat
     assert_local_ray_is_private)."""
     from study.run import main
 
+    # --verbose: the test acts on Ray Train's worker lines, which a quiet console only logs
     args = [*SMOKE, "--num-trials", "2", "--epochs", "3", "--name", "crash",
-            "--output-dir", str(tmp_path)]
+            "--output-dir", str(tmp_path), "--verbose"]
     run = study(args)
     first = run.until(r"trial (\w+) d\d+ w\d+ .*: ok")[1]
     assert_local_ray_is_private(run)
