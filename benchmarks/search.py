@@ -17,8 +17,8 @@ Optuna what the study's Finalizer would: its quality at the epoch it stopped aft
 training seconds up to it (a diverged one fails). tests/test_search_replay.py checks both
 against the study's searcher and rungs.
 
-Each searcher is replayed with seeds 0..reps-1 (the study's ``--seed``), ASHA off and on (the
-default and random search with every ASHA setting the grid can replay), for each preset's budget
+Each searcher is replayed with seeds 0..reps-1 (the study's ``--seed``), ASHA off and on (random
+search with every ASHA setting the grid can replay), for each preset's budget
 (cpu: 8 trials, 2 at a time; gpu: 24 trials, 2 at a time on one GPU, replayed on the cpu grid
 when no gpu grid is given). Hypervolume of (quality up, training seconds down), from the
 reference point (quality 0, 1.1 × the most a trial can cost) with seconds divided by it, is
@@ -54,7 +54,6 @@ from study.search_space import SearchSpace  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT = "default"  # the preset's own sampler and ASHA (study/presets.py)
-BASELINE = ("random", False)  # random search without ASHA
 
 
 @dataclass(frozen=True)
@@ -217,7 +216,7 @@ def curve(outcomes: list[Outcome], ref_cost: float) -> list[float]:
 def candidates(budget: Budget) -> dict[str, SamplerConfig | None]:
     """The searchers compared, with start-up trials and generations fitted to the budget: TPE
     models the results after a quarter (or three eighths) of the trials, never fewer than run
-    at a time; NSGA-II gets two or more generations; GP is slow (seconds per trial at 24)."""
+    at a time; NSGA-II gets two or more generations."""
     n, k = budget.trials, budget.concurrent
     quarter, three_eighths = max(2, k, round(n / 4)), max(3, k, round(3 * n / 8))
     out: dict[str, SamplerConfig | None] = {
@@ -232,8 +231,7 @@ def candidates(budget: Budget) -> dict[str, SamplerConfig | None]:
         out[f"tpe-mv-s{s}"] = SamplerConfig("tpe", n_startup_trials=s, multivariate=True)
     out[f"tpe-mv-s{quarter}-noliar"] = SamplerConfig("tpe", n_startup_trials=quarter,
                                                      multivariate=True, constant_liar=False)
-    if n <= 12:
-        out[f"gp-s{quarter}"] = SamplerConfig("gp", n_startup_trials=quarter)
+    out[f"gp-s{quarter}"] = SamplerConfig("gp", n_startup_trials=quarter)
     return out
 
 
@@ -273,32 +271,37 @@ def describe(cfg: SamplerConfig | None) -> str:
 
 def run_budget(grid: Grid, budget: Budget, reps: int, cap: float | None, ref: float,
                all_asha: bool = False) -> pd.DataFrame:
-    """One row per (searcher, ASHA setting, repetition): the hypervolume curve and totals."""
-    records = []
+    """One row per (searcher, ASHA setting, repetition): the hypervolume curve and totals.
+    Random search gets every ASHA setting, the others off and on (all with `all_asha`); a
+    searcher equal to one already replayed (the default is one of the others) is not rerun."""
+    records, done = [], {}
     variants = asha_variants(grid)
     for name, sampler in candidates(budget).items():
-        full = all_asha or name in (DEFAULT, "random")
-        for asha_name in variants if full else ["off", "on"]:
-            for seed in range(reps):
-                out = replay(grid, sampler, variants[asha_name], budget, seed, cap)
-                records.append({"searcher": name, "asha": asha_name, "seed": seed,
-                                "hv": curve(out, ref), "spent_s": sum(o.cost for o in out),
-                                # the front of the trials trained to their budget or cap only
-                                "hv_trained": hypervolume(
-                                    [(o.quality, o.cost) for o in out
-                                     if o.reason != "asha" and o.quality is not None], ref),
-                                "stopped": sum(o.reason == "asha" for o in out),
-                                "study_s": max(o.finished for o in out),
-                                "distinct": len({o.point for o in out})})
+        for asha_name in variants if all_asha or name == "random" else ["off", "on"]:
+            if (sampler, asha_name) not in done:
+                done[sampler, asha_name] = [
+                    _measure(replay(grid, sampler, variants[asha_name], budget, seed, cap), ref)
+                    for seed in range(reps)]
+            records += [{"searcher": name, "asha": asha_name, "seed": seed, **m}
+                        for seed, m in enumerate(done[sampler, asha_name])]
             print(f"  {budget.preset}: {name} ({describe(sampler)}), ASHA {asha_name}: done",
                   flush=True)
     return pd.DataFrame(records)
 
 
+def _measure(out: list[Outcome], ref: float) -> dict:
+    return {"hv": curve(out, ref), "spent_s": sum(o.cost for o in out),
+            # the front of the trials trained to their budget or cap only
+            "hv_trained": hypervolume([(o.quality, o.cost) for o in out
+                                       if o.reason != "asha" and o.quality is not None], ref),
+            "stopped": sum(o.reason == "asha" for o in out),
+            "study_s": max(o.finished for o in out), "distinct": len({o.point for o in out})}
+
+
 def summarise(df: pd.DataFrame, budget: Budget) -> pd.DataFrame:
     n = budget.trials
     curves = {key: np.array(list(g["hv"])) for key, g in df.groupby(["searcher", "asha"])}
-    base = np.median(curves[BASELINE[0], "off"], axis=0)
+    base = np.median(curves["random", "off"], axis=0)  # random search without ASHA
     rows = []
     for (name, asha), c in curves.items():
         med = np.median(c, axis=0)
@@ -316,13 +319,22 @@ def summarise(df: pd.DataFrame, budget: Budget) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("hv_median", ascending=False)
 
 
-def plot(results: dict[str, pd.DataFrame], budgets: list[Budget], path: Path) -> None:
+def plot(results: dict[str, pd.DataFrame], budgets: list[Budget], best: float,
+         path: Path) -> None:
+    """Median hypervolume vs trials per searcher (quartiles shaded for the default and random
+    search), ASHA off above and on below on one scale; dashed: every configuration's front."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(budgets), figsize=(6 * len(budgets), 8), squeeze=False)
+    others = sorted({n for df in results.values() for n in df["searcher"]} - {DEFAULT, "random"})
+    hues = plt.get_cmap("tab20").colors  # dark shades first, then the light ones
+    colour = {DEFAULT: "black", "random": "tab:red",
+              **dict(zip(others, [c for c in hues[::2] + hues[1::2] if c not in
+                                  (hues[6], hues[7])], strict=False))}  # no reds
+    fig, axes = plt.subplots(2, len(budgets), figsize=(6 * len(budgets), 8), squeeze=False,
+                             sharey=True)
     for col, b in enumerate(budgets):
         df = results[b.preset]
         for row, asha in enumerate(("off", "on")):
@@ -330,16 +342,25 @@ def plot(results: dict[str, pd.DataFrame], budgets: list[Budget], path: Path) ->
             for name, g in df[df["asha"] == asha].groupby("searcher"):
                 c = np.array(list(g["hv"]))
                 x = np.arange(1, c.shape[1] + 1)
-                line, = ax.plot(x, np.median(c, axis=0), label=name,
-                                lw=2.5 if name in (DEFAULT, "random") else 1)
-                ax.fill_between(x, *np.percentile(c, [25, 75], axis=0), alpha=0.12,
-                                color=line.get_color())
+                main = name in (DEFAULT, "random")
+                ax.plot(x, np.median(c, axis=0), label=name, color=colour[name],
+                        lw=2.5 if main else 1)
+                if main:
+                    ax.fill_between(x, *np.percentile(c, [25, 75], axis=0), alpha=0.15,
+                                    color=colour[name])
+            ax.axhline(best, ls="--", color="grey", lw=1, label="every configuration")
             ax.set(title=f"{b.preset} budget ({b.trials} trials, {b.concurrent} at a time), "
                          f"ASHA {asha}", xlabel="trials finished", ylabel="hypervolume")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def grid_front(grid: Grid, cap: float | None, ref: float) -> float:
+    """The hypervolume of every configuration trained to its budget (or cap)."""
+    return hypervolume([(read["quality"], cost) for read, cost in
+                        (schedule(rows, cap)[2:4] for rows in grid.runs.values())], ref)
 
 
 def main(argv=None) -> None:
@@ -349,8 +370,8 @@ def main(argv=None) -> None:
     p.add_argument("--budgets", nargs="+", default=["cpu=8x2", "gpu=24x2"],
                    help="preset=TRIALSxCONCURRENT")
     p.add_argument("--all-asha", action="store_true",
-                   help="every ASHA setting the grid allows for every searcher (default: "
-                        "for the default and random search; the others with ASHA off and on)")
+                   help="every ASHA setting the grid allows for every searcher (default: for "
+                        "random search; the others with ASHA off and on)")
     p.add_argument("--plot", type=Path, default=HERE / "search_hv.png")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -365,7 +386,8 @@ def main(argv=None) -> None:
                for name, spec in (b.split("=") for b in args.budgets)]
     print(f"grid {args.grid} ({len(grid.runs)} configurations × {grid.epochs} epochs, "
           f"{grid.meta['preset']} preset, {grid.meta['runs'][0]['machine']}); time cap "
-          f"{cap} s; hypervolume reference: quality 0, {ref:.0f} training seconds", flush=True)
+          f"{cap} s; hypervolume reference: quality 0, {ref:.0f} training seconds; every "
+          f"configuration's front: {grid_front(grid, cap, ref):.3f}", flush=True)
     results, tables = {}, {}
     for b in budgets:
         if b.preset != grid.meta["preset"]:
@@ -387,7 +409,7 @@ def main(argv=None) -> None:
               f"{d['ratio_vs_random']:.3f}")
         print(f"trials the default needs to reach random's median hypervolume at {b.trials} "
               f"trials, ÷ {b.trials}: {d['trials_to_random']:.2f}")
-    plot(results, budgets, args.plot)
+    plot(results, budgets, grid_front(grid, cap, ref), args.plot)
     print(f"plot: {args.plot}")
 
 

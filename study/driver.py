@@ -100,7 +100,7 @@ def _run_study(record: StudyRecord, judge: dict, resume: bool, verbose: bool) ->
               f"{sizing.describe(spec.workers_per_trial)}", flush=True)
         tune_path = f"{spec.tune_path.rstrip('/')}/{spec.name}"
         rungs = start_keeper(AshaConfig.for_budget(spec.base.train.epochs),
-                             _histories(spec.layout))
+                             _histories(spec.layout)) if PRESETS[spec.preset].asha else None
         if resume and tune.Tuner.can_restore(tune_path):
             # Tune's state may predate the last rows written: those trials only re-report.
             trainable = _trainable(spec, sizing, judge, rungs,

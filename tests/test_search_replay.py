@@ -54,11 +54,13 @@ def _study_searcher(tmp_path: Path, grid: Grid, sampler, seed: int):
     return search, spec
 
 
-@pytest.mark.parametrize("sampler, asha", [(PRESETS["cpu"].sampler, True),
-                                           (TPE_SMALL_STARTUP, False)],
-                         ids=["cpu-preset-asha", "tpe-2-startup-no-asha"])
-def test_replay_suggests_what_the_studys_searcher_suggests(tmp_path, grid, sampler, asha):
-    budget, seed = Budget("cpu", 7, 2), 3
+# the cpu preset's sampler (GP: ~1 s a suggestion, so fewer trials), and TPE under ASHA
+@pytest.mark.parametrize("sampler, asha, trials", [(PRESETS["cpu"].sampler, False, 5),
+                                                   (TPE_SMALL_STARTUP, True, 7)],
+                         ids=["cpu-preset", "tpe-2-startup-asha"])
+def test_replay_suggests_what_the_studys_searcher_suggests(tmp_path, grid, sampler, asha,
+                                                           trials):
+    budget, seed = Budget("cpu", trials, 2), 3
     rungs = AshaConfig.for_budget(grid.epochs) if asha else None
     outcomes = replay(grid, sampler, rungs, budget, seed, cap=None)
     assert len(outcomes) == budget.trials
