@@ -28,7 +28,6 @@ from study.console import CONSOLE, ProgressCallback  # noqa: E402
 from study.errors import UsageError  # noqa: E402
 from study.finalize import ResultsCallback  # noqa: E402
 from study.interrupt import EXIT_STATUS, INTERRUPTS  # noqa: E402
-from study.presets import PRESETS  # noqa: E402
 from study.redact import redact  # noqa: E402
 from study.rungs import AshaConfig, start_keeper  # noqa: E402
 from study.search import StudySearch, fail_orphans  # noqa: E402
@@ -100,7 +99,7 @@ def _run_study(record: StudyRecord, judge: dict, resume: bool, verbose: bool) ->
               f"{sizing.describe(spec.workers_per_trial)}", flush=True)
         tune_path = f"{spec.tune_path.rstrip('/')}/{spec.name}"
         rungs = start_keeper(AshaConfig.for_budget(spec.base.train.epochs),
-                             _histories(spec.layout)) if PRESETS[spec.preset].asha else None
+                             _histories(spec.layout)) if spec.asha else None
         if resume and tune.Tuner.can_restore(tune_path):
             # Tune's state may predate the last rows written: those trials only re-report.
             trainable = _trainable(spec, sizing, judge, rungs,
@@ -179,7 +178,7 @@ def make_tuner(spec: StudySpec, sizing: Sizing, judge: dict, rungs=None,
     (tests pass a lighter one); `rungs` the study's RungKeeper (study/rungs.py). Tune's own
     trial table only with `verbose`: the study prints its own lines (study/console.py)."""
     searcher = StudySearch(study_dir=spec.study_dir, study_name=spec.name, seed=spec.seed,
-                           sampler_config=PRESETS[spec.preset].sampler,
+                           sampler_config=spec.sampler,
                            storage=optuna.storages.RDBStorage(spec.storage))
     return tune.Tuner(
         _trainable(spec, sizing, judge, rungs, run=run),

@@ -70,6 +70,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--seed", type=int, default=0, help="Optuna's sampler seed and the trials' "
                    "training seed; confirmation runs train with seed+1, seed+2, … "
                    "(default %(default)s)")
+    g.add_argument("--asha", action=argparse.BooleanOptionalAction, default=None,
+                   help="stop trials early on the in-training probe (ASHA, study/rungs.py); "
+                        "default: the preset's (" + ", ".join(
+                            f"{k} {'on' if p.asha else 'off'}" for k, p in PRESETS.items())
+                        + "; off where replaying searches showed it cost the front, "
+                        "benchmarks/RESULTS.md)")
     g.add_argument("--confirm-seeds", type=int, metavar="N",
                    help="re-train each configuration on the Pareto front of the search's trials "
                         "(those ASHA did not stop) with N more seeds, for error bars "
@@ -206,7 +212,8 @@ def build_spec(args: argparse.Namespace, on_this_machine: bool = True) -> StudyS
         trials_per_gpu=args.trials_per_gpu, use_gpu=cuda, gpus=args.gpus, storage=optuna_url,
         tune_storage=storage.tune_storage(args.storage_path, name),
         shared_storage=storage.is_remote(args.storage_path) or args.shared_fs,
-        address=args.address)
+        address=args.address, sampler=preset.sampler,
+        asha=preset.asha if args.asha is None else args.asha)
 
 
 def local_sizing(spec: StudySpec) -> Sizing | None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from study.errors import UsageError
 from study.layout import StudyLayout
+from study.presets import SamplerConfig
 from study.redact import redact
 from study.search_space import SearchSpace
 from trainables.clip_score import ClipConfig
@@ -53,6 +54,9 @@ class StudySpec:
     tune_storage: str | None  # object-store URI of Tune's state; None: <study_dir>/ray
     shared_storage: bool  # every node reaches the study's storage (object store or mount)
     address: str | None = None  # a running Ray cluster to attach to (may change on --resume)
+    # the Optuna sampler (study.search.make_sampler); None: OptunaSearch's TPESampler(seed)
+    sampler: SamplerConfig | None = None
+    asha: bool = True  # stop trials early on the probe (study/rungs.py)
     worker_retries: int = WORKER_RETRIES
     trial_retries: int = TRIAL_RETRIES
 
@@ -69,6 +73,8 @@ class StudySpec:
             object.__setattr__(self, "base", TrialConfig.from_dict(self.base))
         if isinstance(self.clip, dict):
             object.__setattr__(self, "clip", ClipConfig(**self.clip))
+        if isinstance(self.sampler, dict):
+            object.__setattr__(self, "sampler", SamplerConfig(**self.sampler))
 
     @property
     def layout(self) -> StudyLayout:

@@ -27,7 +27,7 @@ def help_lines(capsys) -> list[str]:
 def _help_of(lines: list[str], option: str) -> str:
     """The help text of `option`, its wrapped lines joined."""
     start = next(i for i, line in enumerate(lines)
-                 if re.match(rf"  {option}( |$)", line))
+                 if re.match(rf"  {option}( |,|$)", line))
     # "  --opt METAVAR   help ..." or "  --opt METAVAR" and the help on the lines below
     text = re.split(r"\s{2,}", lines[start].strip(), maxsplit=1)[1:]
     for line in lines[start + 1:]:
@@ -86,3 +86,15 @@ def test_the_defaults_the_help_names_are_applied(help_lines, tmp_path):
     # --resume: only what StudySpec lets a resumed study change may differ
     assert set(StudySpec.RESUMABLE) == {"num_trials", "address"}
     assert "only --num-trials and --address may differ" in _help_of(help_lines, "--resume")
+
+
+def test_asha_follows_the_preset_unless_asked(help_lines):
+    text = _help_of(help_lines, "--asha")
+    for name, preset in PRESETS.items():
+        assert f"{name} {'on' if preset.asha else 'off'}" in text
+    cpu = ["--preset", "cpu", "--dataset", "digits", "--no-clip"]
+    assert build_spec(parse_args(cpu)).asha is PRESETS["cpu"].asha is False
+    assert build_spec(parse_args([*cpu, "--asha"])).asha is True
+    assert build_spec(parse_args([*SMOKE, "--no-asha"])).asha is False
+    # the sampler is the preset's, recorded in the spec (study.json) the driver reads
+    assert build_spec(parse_args(cpu)).sampler == PRESETS["cpu"].sampler
