@@ -52,7 +52,8 @@ def study(live, judge_cache):
 def test_killed_worker_resumes_and_diverged_trial_is_failed(study, tmp_path):
     """One study, two faults. Seed 7 makes Optuna's first trial healthy (lr 2.9e-3) and its
     second diverge (lr 48) — the draws depend on the search space's axes, so a change of axes
-    needs a new seed (the first trial's lr < 0.01 and the second's > 10): the first trial's rank-0 worker is SIGKILLed after its epoch-2
+    needs a new seed (the first trial's lr < 0.01 and the second's > 10): the first trial's
+    rank-0 worker is SIGKILLed after its epoch-2
     checkpoint; the second trial's loss becomes non-finite."""
     space = tmp_path / "space.yaml"
     space.write_text("lr: [0.001, 1000]\n")
