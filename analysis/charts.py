@@ -203,20 +203,19 @@ def axis_heatmaps(df: pd.DataFrame, quality: str, cost: str = "train_cost_s") ->
 
 
 def axis_effects(df: pd.DataFrame, quality: str, cost: str = "train_cost_s") -> Figure:
-    """Quality and cost against the continuous axes (learning rate, guidance w)."""
-    fig, axes = _figure(2, 2, 4.4, 3.0)
+    """Quality and cost against the learning rate, the continuous searched axis. (Guidance w is
+    not searched: each model's own w, chosen after training, is in the guidance section; plotted
+    here it would show the training cost "depending" on a knob chosen after it was spent.)"""
+    fig, axes = _figure(1, 2, 4.4, 3.0)
     data = df.assign(model=_trial_hue(df))
-    for i, y in enumerate((quality, cost)):
-        for j, x in enumerate(("lr", "guidance")):
-            ax = axes[i, j]
-            sub = data.dropna(subset=[x, y])
-            sns.scatterplot(sub, x=x, y=y, hue="model", s=50, ax=ax, legend=(i, j) == (0, 1))
-            if x == "lr":
-                _log_if_wide(ax, sub[x])
-            ax.set(xlabel="learning rate" if x == "lr" else "guidance w", ylabel=_label(y))
+    for j, y in enumerate((quality, cost)):
+        sub = data.dropna(subset=["lr", y])
+        sns.scatterplot(sub, x="lr", y=y, hue="model", s=50, ax=axes[0, j], legend=j == 1)
+        _log_if_wide(axes[0, j], sub["lr"])
+        axes[0, j].set(xlabel="learning rate", ylabel=_label(y))
     if axes[0, 1].get_legend() is not None:
         sns.move_legend(axes[0, 1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7)
-    fig.suptitle("Quality and cost vs learning rate and guidance")
+    fig.suptitle("Quality and cost vs learning rate")
     return fig
 
 

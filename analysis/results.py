@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pandas as pd
 
 from study.layout import ID_DTYPES, StudyLayout, is_plain
 from study.rows import CLIP_COLUMNS, COLUMNS
+from trainables.artefacts import is_whole_archive
 
 CLIP_OFF = ("CLIP DISABLED for this study (--no-clip): the report leads with the quality "
             "(coverage) instead of CLIP-top-3, and every CLIP chart and column is absent.")
@@ -222,7 +222,7 @@ def load_study(path: Path | str) -> Study:
         pd_table = _read_csv(trial.per_digit, notes)
         if pd_table is not None:
             per_digit.append(pd_table.assign(trial_id=trial_id))
-        if trial.samples.is_file() and not _whole_npz(trial.samples):
+        if trial.samples.is_file() and not is_whole_archive(trial.samples):
             notes.append(f"{trial_id}/samples.npz is damaged: its pictures are skipped.")
 
     post = layout.post
@@ -298,22 +298,13 @@ def _history(trial, notes: list[str]) -> list[dict]:
     return []
 
 
-def _whole_npz(path: Path) -> bool:
-    """An .npz is a zip archive: a truncated or edited one fails its CRC check."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.testzip() is None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return False
-
-
 def load_samples(study: Study, trial_id: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(images uint8 (N, 28, 28), labels (N,)) of a trial's evaluation samples, or None when
     they are missing or damaged (load_study notes which)."""
     if not is_plain(trial_id):
         return None
     f = study.layout.trial(trial_id).samples
-    if not f.exists() or not _whole_npz(f):
+    if not f.exists() or not is_whole_archive(f):
         return None
     try:
         with np.load(f, allow_pickle=False) as z:
@@ -324,7 +315,7 @@ def load_samples(study: Study, trial_id: str) -> tuple[np.ndarray, np.ndarray] |
 
 def load_npz(f: Path) -> dict | None:
     """A post-study array file (study.layout.post.trajectory, ...) as a dict, or None."""
-    if not f.exists() or not _whole_npz(f):
+    if not f.exists() or not is_whole_archive(f):
         return None
     try:
         with np.load(f, allow_pickle=False) as z:

@@ -85,12 +85,18 @@ def trials(page: Page, study: Study) -> None:
 
 def effects(page: Page, study: Study) -> None:
     ok = study.ok.dropna(subset=["quality"])
-    if ok.empty:
-        page.note("No successful trial.")
+    # a trial ASHA stopped measured its configuration after a few epochs, not at the budget:
+    # averaged in, it would pull a configuration's cell down by when it was stopped
+    trained = ok[ok["stop_reason"] != "asha"]
+    stopped = len(ok) - len(trained)
+    left_out = f" ({stopped} ASHA-stopped trial(s) left out)" if stopped else ""
+    if trained.empty:
+        page.note("No trial trained to its budget." if len(ok) else "No successful trial.")
     else:
-        page.figure("depth_width", charts.axis_heatmaps(ok, study.quality_metric),
-                    "Mean over runs in each cell.")
-        page.figure("lr_guidance", charts.axis_effects(ok, study.quality_metric))
+        page.figure("depth_width", charts.axis_heatmaps(trained, study.quality_metric),
+                    f"Mean over the runs in each cell that trained to their budget{left_out}.")
+        page.figure("lr_effects", charts.axis_effects(trained, study.quality_metric),
+                    f"Runs that trained to their budget{left_out}.")
     imp, why = tables.importances(study)
     if imp is not None:
         page.figure("importance", charts.importance_chart(imp),
@@ -115,7 +121,15 @@ def guidance(page: Page, study: Study) -> None:
     at = pd.to_numeric(sweep["chosen_guidance"], errors="coerce") \
         if "chosen_guidance" in sweep else pd.Series(np.nan, index=sweep.index)
     chosen = sweep[np.isclose(sweep["guidance"], at)]  # the w each trial was evaluated at
-    page.table(chosen[cols], "The w each trial's search chose, and what it scored there")
+    # the search scores cheap samples (fewer DDIM steps); the trial's quality is its full
+    # evaluation at the chosen w: both, side by side, so neither number looks like a typo
+    evaluated = study.ok[["trial_id", "quality"]].rename(columns={"quality": f"evaluated {q}"})
+    search = study.spec.get("guidance") or {}
+    how = f" (DDIM-{search['steps']}, {search['n_per_digit']} per digit)" \
+        if {"steps", "n_per_digit"} <= set(search) else ""
+    page.table(chosen[cols].merge(evaluated, on="trial_id", how="left"),
+               f"The w each trial's search chose, what its search samples{how} scored there, "
+               f"and the trial's {q} from its full evaluation at that w (the study's sampler)")
     cols = [c for c in ("trial_id", "guidance", q, "precision", "recall", "judge_acc",
                         "judge_no_digit") if c in sweep and sweep[c].notna().any()]
     with page.details("Every point of every guidance search"):

@@ -45,6 +45,11 @@ def best_sentence(study: Study, configs: pd.DataFrame | None = None) -> str | No
         return text + "; it is the only configuration with a result."
     gain = pm(verdict["gain"], verdict["gain_std"])
     ratio = verdict["cost_ratio"]
+    if abs(verdict["gain"]) <= verdict["gain_std"]:  # NaN (no seeds) compares False
+        # a lead smaller than the seeds' spread is no answer: say they are level
+        return (text + f", level with {describe(r)} (trial {r['config']}: {_q(r)} after "
+                f"{_secs(r)}): the difference, {gain}, is within the seeds' spread, so "
+                f"more seeds are needed to tell them apart.")
     if verdict["runner_up_on_front"]:
         return (text + f": {gain} more than the next-cheapest configuration on the front, "
                 f"{describe(r)} (trial {r['config']}: {_q(r)} after {_secs(r)}), for "
@@ -69,8 +74,11 @@ def answer(study: Study) -> list[str]:
         facts.append(f"recall {_q(b, 'recall')}")
     if "precision_mean" in b:
         facts.append(f"precision {_q(b, 'precision')}")
-    real = f" (real digits: judge accuracy {ref['judge_acc']:.3f})" if ref.get("judge_acc") \
-        is not None else ""
+    # the ceiling of each number: held-out real digits scored by the same pipeline
+    keys = dict.fromkeys((study.quality_metric, "judge_acc"))  # once, if quality is judge_acc
+    names = {"judge_acc": "judge accuracy"}
+    ceiling = [f"{names.get(k, k)} {ref[k]:.3f}" for k in keys if ref.get(k) is not None]
+    real = f" (real digits: {', '.join(ceiling)})" if ceiling else ""
     out.append(f"Faithful and diverse: {', '.join(facts)}{real}.")
     if study.headline_metric == "clip_top" and "clip_top_mean" in b:
         k = study.top_k

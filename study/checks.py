@@ -20,7 +20,6 @@ import os
 import re
 import socket
 import stat
-import zipfile
 from pathlib import Path
 
 import yaml
@@ -28,6 +27,7 @@ import yaml
 from study.errors import UsageError
 from study.layout import StudyLayout, is_plain
 from study.search_space import AXES
+from trainables.artefacts import is_whole_archive
 
 #: A study name is one plain path component: letters, digits, '.', '_' and '-', not starting
 #: with '.' or '-' (no hidden folders, no options), short enough for Ray's and Optuna's names.
@@ -318,17 +318,8 @@ def check_study_files(layout: StudyLayout) -> None:
                 json.loads(read_bounded(trial.outcome, OUTCOME_BYTES, "--resume:"))
             except (ValueError, RecursionError) as e:
                 _damaged_trial(trial.outcome, tid, _why(e))
-        if trial.checkpoint.exists() and not _whole_archive(trial.checkpoint):
+        if trial.checkpoint.exists() and not is_whole_archive(trial.checkpoint):
             _damaged_trial(trial.checkpoint, tid, "not a complete checkpoint archive")
-
-
-def _whole_archive(path: Path) -> bool:
-    """torch.save writes a zip archive: a truncated or edited one fails its CRC check."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.testzip() is None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return False
 
 
 def _damaged_results(layout: StudyLayout, why: str):

@@ -29,8 +29,7 @@ def light_worker(config: dict) -> None:
     from trainables.train_loop import fit
 
     score = config["score"]
-    session = RaySession()
-    session.trial_id, session.rungs = config["trial_id"], config["rungs"]
+    session = RaySession(config["trial_id"], config["rungs"])
     result = fit(TrialConfig.from_dict(config["trial"]), session,
                  probe=lambda ema: {"judge_acc": score})
     with tempfile.TemporaryDirectory() as final:  # V2's Result.metrics: the last checkpointed

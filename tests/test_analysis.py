@@ -203,6 +203,9 @@ def test_report_of_failed_trials_without_clip_columns(nocl_report):
     assert "Hyperparameter importance: no optuna.db" in page
     # each trained model's guidance search, from trials/<id>/guidance.csv (no post-study step)
     assert "guidance.png" in page and "The w each trial&#x27;s search chose" in page
+    # the search's cheap score beside the trial's full evaluation at the chosen w
+    chosen = page[page.index("The w each trial&#x27;s search chose"):]
+    assert "<th>evaluated coverage</th>" in chosen[:chosen.index("</table>")]
     summary = (study_dir / "report" / "summary.md").read_text()
     assert "**CLIP DISABLED**" in summary and "(boom)" in summary
     assert "- best: d3 w16 lr=0.0013 style (trial big, 2 seeds) → coverage 0.680 ± 0.028" \
@@ -335,7 +338,11 @@ def test_study_run_writes_post_study_inputs_and_report(smoke_study):
     with np.load(post / "trajectory.npz") as z:
         assert z["conf"].shape[0] == int(z["total_steps"]) + 1
         assert z["images"].shape[1:] == (10, 28, 28)
-    assert (study_dir / "report" / "index.html").exists()
+    page = (study_dir / "report" / "index.html").read_text()
+    # the answer's numbers stand next to their ceiling: real digits scored the same way
+    ref = json.loads((study_dir / "reference.json").read_text())
+    assert f"(real digits: coverage {ref['coverage']:.3f}, judge accuracy {ref['judge_acc']:.3f})" \
+        in page
 
 
 @pytest.mark.slow
@@ -348,7 +355,7 @@ def test_report_cli_end_to_end(smoke_study):
     assert p.stdout.strip() == f"report: {index}"
     page = _check_page(index)
     images = set(re.findall(r'<img src="([^"]+)"', page))
-    expected = {"cost_quality.png", "depth_width.png", "lr_guidance.png", "importance.png",
+    expected = {"cost_quality.png", "depth_width.png", "lr_effects.png", "importance.png",
                 "guidance.png", "per_digit.png", "selection_gain.png", "noise_progression.png",
                 "generation_steps.png", "recognisable.png", "training_curves.png"}
     assert expected <= images and any(i.startswith("top3_") for i in images)

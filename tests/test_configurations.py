@@ -128,3 +128,24 @@ def test_trial_costs_has_every_cost_column_and_sampling_seconds_per_image():
     assert set(tables.COST_COLUMNS) <= set(table.columns)
     assert table.loc[0, "sample_s_per_image"] == pytest.approx(0.02)
     assert {"stop_reason", "confirm_of", *AXES} <= set(table.columns)
+
+
+def test_the_answer_calls_a_lead_within_the_seeds_spread_a_tie():
+    from types import SimpleNamespace
+
+    from analysis.summary import best_sentence
+
+    study = SimpleNamespace(quality_metric="coverage")
+    # "top" leads "mid" (0.61 ± 0.014) by 0.19 ± 0.03: an answer
+    clear = _rows(("mid", None, 3, 0.6, 10.0), ("mid1", "mid", 3, 0.62, 11.0),
+                  ("top", None, 4, 0.8, 40.0), ("top1", "top", 4, 0.84, 44.0))
+    text = best_sentence(study, tables.configurations(clear, AXES))
+    assert "more than the next-cheapest configuration on the front" in text
+    assert "level with" not in text
+    # one lucky seed 0.02 ahead of a configuration whose seeds spread by 0.1: a tie
+    tied = _rows(("mid", None, 3, 0.5, 10.0), ("mid1", "mid", 3, 0.7, 11.0),
+                 ("top", None, 4, 0.62, 40.0))
+    text = best_sentence(study, tables.configurations(tied, AXES))
+    assert text.startswith("Best for its cost: d4") and "level with d3" in text, text
+    # the one-seed side takes the other's spread: ± hypot(0.141, 0.141)
+    assert "the difference, 0.020 ± 0.200, is within the seeds' spread" in text, text

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from trainables import artefacts
 from trainables.config import TrialConfig
 from trainables.data import DIGITS
 from trainables.diffusion import Schedule
@@ -116,7 +115,6 @@ def search_guidance(ema, cfg: TrialConfig, judge: Judge, reference: Reference,
     return GuidanceResult(best(), rows, time.perf_counter() - t0)
 
 
-GUIDANCE_FILE = artefacts.GUIDANCE  # a trained trial's curve, beside its samples
 
 
 def write_curve(path, curve: tuple[dict, ...]) -> None:

@@ -28,33 +28,27 @@ from trainables.config import TrialConfig
 from trainables.data import load_splits
 from trainables.eval_tools import EvalTools
 from trainables.evaluate import EvalConfig, evaluate_model, quality_probe, quality_reference
-from trainables.guidance import (
-    GUIDANCE_FILE,
-    GuidanceSearch,
-    curve_summary,
-    search_guidance,
-    write_curve,
-)
+from trainables.guidance import GuidanceSearch, curve_summary, search_guidance, write_curve
 from trainables.judge import Judge
-from trainables.session import CHECKPOINT_FILE, format_metrics
+from trainables.session import format_metrics
 from trainables.train_loop import fit
 
-OUTCOME_FILE, PROGRESS_FILE = artefacts.OUTCOME, artefacts.PROGRESS
 logger = logging.getLogger(__name__)
 
 
 class RaySession:
-    """`trainables.train_loop.Session` backed by the Ray Train worker context."""
+    """`trainables.session.Session` backed by the Ray Train worker context. `trial_id` and
+    `rungs`: the Tune trial this run trains and the study's early-stopping actor
+    (study/rungs.py), or None: the run is never stopped early."""
 
-    def __init__(self):
+    def __init__(self, trial_id: str | None = None, rungs=None):
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self.run_name = ctx.get_experiment_name()
         self._resume_dir: tempfile.TemporaryDirectory | None = None
         self.startup: dict = {}  # trainer_start_s, worker_setup_s once known
-        self.trial_id: str | None = None  # the Tune trial this run trains
-        self.rungs = None  # the study's early-stopping actor (study/rungs.py), if any
+        self.trial_id, self.rungs = trial_id, rungs
 
     def prepare_model(self, model):
         return ray.train.torch.prepare_model(model)
@@ -71,8 +65,8 @@ class RaySession:
             self._resume_dir = tempfile.TemporaryDirectory(prefix=f"resume-rank{self.rank}-")
             ckpt.to_directory(self._resume_dir.name)
         path = Path(self._resume_dir.name)
-        return path if (path / CHECKPOINT_FILE).exists() or (path / OUTCOME_FILE).exists() \
-            else None
+        found = any((path / name).exists() for name in (artefacts.CHECKPOINT, artefacts.OUTCOME))
+        return path if found else None
 
     def should_stop(self, metrics: dict) -> str | None:
         """Ask the study's rungs whether this trial stops after this epoch (rank 0 only; `fit`
@@ -103,13 +97,12 @@ def train_fn_per_worker(config: dict) -> None:
     entered = time.time()
     torch.set_num_threads(config.get("threads", 1))
     cfg = TrialConfig.from_dict(config["trial"])
-    session = RaySession()
-    session.trial_id, session.rungs = config.get("trial_id"), config.get("rungs")
+    session = RaySession(config.get("trial_id"), config.get("rungs"))
 
     # A retried trial whose final report already happened only repeats it.
     done = session.latest_checkpoint()
-    if done is not None and (done / OUTCOME_FILE).exists():
-        outcome = json.loads((done / OUTCOME_FILE).read_text())
+    if done is not None and (done / artefacts.OUTCOME).exists():
+        outcome = json.loads((done / artefacts.OUTCOME).read_text())
         session.report(outcome["metrics"], done if session.rank == 0 else None)
         return
 
@@ -131,13 +124,13 @@ def train_fn_per_worker(config: dict) -> None:
     with tempfile.TemporaryDirectory(prefix="final-") as tmp:
         out = Path(tmp)
         if progress:
-            _save_progress(out / PROGRESS_FILE, progress, result.history)
+            _save_progress(out / artefacts.PROGRESS, progress, result.history)
         if result.stop_reason != "diverged" and result.state:
-            torch.save(result.state, out / CHECKPOINT_FILE)
+            torch.save(result.state, out / artefacts.CHECKPOINT)
             metrics.update(_evaluate(result.ema, cfg, judge, splits.val, config, out))
         else:
             metrics["error"] = f"training diverged: {result.detail}"
-        (out / OUTCOME_FILE).write_text(
+        (out / artefacts.OUTCOME).write_text(
             json.dumps({"metrics": metrics, "history": result.history}, indent=1))
         session.report(metrics, out)
 
@@ -153,7 +146,7 @@ def _evaluate(ema, cfg: TrialConfig, judge: Judge, real, config: dict, out: Path
     reference = quality_reference(tools.real, tools.judge, ecfg)
     search = search_guidance(ema, cfg, tools.judge, reference,
                              GuidanceSearch(**config.get("guidance", {})))
-    write_curve(out / GUIDANCE_FILE, search.curve)
+    write_curve(out / artefacts.GUIDANCE, search.curve)
     m = evaluate_model(ema, cfg, tools.judge, tools.clip, tools.real, out, ecfg,
                        guidance=search.guidance, reference=reference)
     m.update(guidance_search_s=search.seconds, guidance_curve=curve_summary(search.curve),

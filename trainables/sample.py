@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainables import artefacts
 from trainables.config import SampleConfig
 from trainables.data import NUM_CLASSES
 from trainables.diffusion import Schedule, sample
@@ -144,7 +145,6 @@ def load_samples(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
 
 # ----------------------------------------------------------------------------- command line
 
-OUTCOME_FILE = "outcome.json"  # a study trial's record (ray_worker.OUTCOME_FILE; Ray-free here)
 
 
 class UsageError(ValueError):
@@ -218,7 +218,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, metavar="W",
                    help="classifier-free guidance w, eps = (1+w) eps_cond - w eps_uncond\n"
                         "(0: conditional only). Default: the trial's tuned w, from its\n"
-                        f"{OUTCOME_FILE} (metrics.guidance) if the directory has one, else\n"
+                        f"{artefacts.OUTCOME} (metrics.guidance) if the directory has one, else\n"
                         "the checkpoint config's sample.guidance")
     p.add_argument("--sampler", choices=("ddim", "ddpm"),
                    help="default: the checkpoint config's (the study evaluates with ddim)")
@@ -248,7 +248,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def recorded_guidance(trial_dir: Path) -> float | None:
     """The guidance w a study trial was evaluated with (its outcome.json), if it records one."""
-    path = trial_dir / OUTCOME_FILE
+    path = trial_dir / artefacts.OUTCOME
     if not path.is_file():
         return None
     try:
@@ -306,7 +306,7 @@ def main(argv=None) -> int:
                              f"(style_dim=0); drop --style or use a style-on trial")
         w, origin = args.guidance, "w from --guidance"
         if w is None:
-            w, origin = recorded_guidance(trial_dir), f"the trial's tuned w ({OUTCOME_FILE})"
+            w, origin = recorded_guidance(trial_dir), f"the trial's tuned w ({artefacts.OUTCOME})"
         if w is None:
             w, origin = cfg.sample.guidance, "the checkpoint config's w"
         if not math.isfinite(w):

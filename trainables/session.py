@@ -27,8 +27,9 @@ class Session(Protocol):
 
     def report(self, metrics: dict, checkpoint_dir: Path | None) -> None: ...
 
-    # Optional: `should_stop(metrics) -> reason | None`, asked on rank 0 after each epoch's
-    # report (a study's early stopping, e.g. "asha"); a session without it never stops early.
+    def should_stop(self, metrics: dict) -> str | None:
+        """Asked on rank 0 after each epoch's report but the last: a reason to stop training
+        here (a study's early stopping, e.g. "asha"), or None to go on."""
 
 
 class LocalSession:
@@ -56,6 +57,9 @@ class LocalSession:
             (checkpoint_dir / CHECKPOINT_FILE).replace(self.run_dir / CHECKPOINT_FILE)
         if self.verbose:
             print(format_metrics(metrics), flush=True)
+
+    def should_stop(self, metrics):
+        return None  # a single run trains to its own budget
 
 
 def format_metrics(m: dict) -> str:

@@ -331,9 +331,8 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
             if tmp is not None:
                 torch.save(last_state, tmp / CHECKPOINT_FILE)
             session.report(metrics, tmp)
-        should_stop = getattr(session, "should_stop", None)
-        if stop_reason == "completed" and should_stop is not None and epoch < tc.epochs:
-            verdict = [should_stop(metrics) if rank == 0 else None]
+        if stop_reason == "completed" and epoch < tc.epochs:
+            verdict = [session.should_stop(metrics) if rank == 0 else None]
             if world > 1:
                 dist.broadcast_object_list(verdict, src=0)
             if verdict[0]:
