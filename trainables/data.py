@@ -135,7 +135,7 @@ def read_idx(path: Path, magic: int, item_shape: tuple[int, ...] | None = None) 
             if f is raw and size != header + expected:
                 raise DataError(_damaged(path, f"the header promises {dims} = {expected} bytes "
                                                f"of data, the file holds {size - header}"))
-            body = f.read(expected + 1)  # one byte more: a longer stream is detected, not read
+            body = _read_at_most(f, expected + 1)  # one byte more: a longer stream is detected
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
         why = squeeze(e) or type(e).__name__  # a truncated gzip's EOFError has no message
         raise DataError(_damaged(path, f"cannot read it ({why})")) from None
@@ -145,6 +145,19 @@ def read_idx(path: Path, magic: int, item_shape: tuple[int, ...] | None = None) 
         raise DataError(_damaged(path, f"{what}: the header promises {dims} = {expected} bytes "
                                        f"of data, found {found}"))
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+
+
+_CHUNK = 1 << 20
+
+
+def _read_at_most(f, n: int) -> bytearray:
+    """Up to `n` bytes of `f`, in 1 MiB chunks: memory grows with what the stream holds, not
+    with what its header claims (a file's ``read(n)`` allocates all `n` bytes first, so a 1 KB
+    gzip whose header claims a million images would cost 784 MB before it is found short)."""
+    out = bytearray()
+    while len(out) < n and (chunk := f.read(min(_CHUNK, n - len(out)))):
+        out += chunk
+    return out
 
 
 def _open_regular(path: Path):
