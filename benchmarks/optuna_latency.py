@@ -8,25 +8,28 @@
 ``on_trial_complete``, both in the Tune driver process, one trial at a time; every trial of a
 study waits for them. This times exactly those calls — ``study.ask(fixed_distributions=space)``
 (OptunaSearch's call for a dict search space) and ``study.tell(trial, [quality, cost])`` — for
-three samplers and three storages after N finished trials:
+four samplers and three storages after N finished trials:
 
 - samplers: ``default`` is what ``OptunaSearch`` builds when given none,
   ``TPESampler(seed=seed)`` (ray/tune/search/optuna/optuna_search.py, ``_setup_study``); with
   two objectives Optuna 5 makes that the *independent* TPE (``multivariate`` defaults to False
   for multi-objective studies) with ``constant_liar=True`` (Optuna 5's default). ``tpe-mv`` is
-  ``TPESampler(multivariate=True, constant_liar=True)``; ``nsga2`` is ``NSGAIISampler()``.
+  ``TPESampler(multivariate=True, constant_liar=True)``; ``nsga2`` is ``NSGAIISampler()``;
+  ``gp`` is the ``cpu`` and ``gpu`` presets' default since the search benchmark
+  (``study.search.make_sampler`` of the ``gpu`` preset's ``SamplerConfig``: ``GPSampler`` with
+  6 start-up trials), whose ask fits a Gaussian process and optimises log EHVI each time.
 - storages: in-memory (OptunaSearch's default), SQLite ``RDBStorage`` (what the study uses,
   ``runs/<name>/optuna.db``), ``JournalStorage(JournalFileBackend)``.
 
 The space is the study's ``gpu`` space: depth {2,3,4}, width {8,16,32,64}, lr log-uniform
-1e-4..3e-3, guidance uniform 0..6. The N finished trials are added in bulk
-(``study.add_trials`` of ``create_trial``s with a cheap synthetic quality/cost), plus
-``--running`` trials left RUNNING, as a study with that many trials in flight has (the constant
-liar reads them). Then ``--pairs`` ask+tell pairs are timed one after the other. Medians and
-90th percentiles in ms; "of which CPU" is the process time of a pair (the rest is waiting: for
-SQLite mostly disk syncs, one or more per commit — with ``PRAGMA synchronous=OFF`` a pair took
-125 ms instead of 218 in a side check); the ratio column is against in-memory storage in the
-same run. Timings on a shared machine are noisy: compare within a run.
+1e-4..3e-3 (guidance is tuned inside each trial, not by this search). The N finished trials are
+added in bulk (``study.add_trials`` of ``create_trial``s with a cheap synthetic quality/cost),
+plus ``--running`` trials left RUNNING, as a study with that many trials in flight has (the
+constant liar reads them). Then ``--pairs`` ask+tell pairs are timed one after the other.
+Medians and 90th percentiles in ms; "of which CPU" is the process time of a pair (the rest is
+waiting: for SQLite mostly disk syncs, one or more per commit — with ``PRAGMA synchronous=OFF``
+a pair took 125 ms instead of 218 in a side check); the ratio column is against in-memory
+storage in the same run. Timings on a shared machine are noisy: compare within a run.
 """
 
 from __future__ import annotations
@@ -51,11 +54,13 @@ from optuna.distributions import (  # noqa: E402
 from optuna.storages.journal import JournalFileBackend, JournalStorage  # noqa: E402
 from optuna.trial import TrialState, create_trial  # noqa: E402
 
+from study.presets import PRESETS  # noqa: E402
+from study.search import make_sampler  # noqa: E402
+
 SPACE = {
     "depth": CategoricalDistribution((2, 3, 4)),
     "width": CategoricalDistribution((8, 16, 32, 64)),
     "lr": FloatDistribution(1e-4, 3e-3, log=True),
-    "guidance": FloatDistribution(0.0, 6.0),
 }
 DIRECTIONS = ["maximize", "minimize"]  # quality up, training seconds down (the study's two)
 SAMPLERS = {
@@ -63,6 +68,7 @@ SAMPLERS = {
     "tpe-mv": lambda seed: optuna.samplers.TPESampler(multivariate=True, constant_liar=True,
                                                       seed=seed),
     "nsga2": lambda seed: optuna.samplers.NSGAIISampler(seed=seed),
+    "gp": lambda seed: make_sampler(PRESETS["gpu"].sampler, seed),
 }
 STORAGES = ("memory", "sqlite", "journal")
 
@@ -72,7 +78,7 @@ def objectives(p: dict, rng: np.random.Generator) -> list[float]:
     better and cost more; a little noise so that the Pareto front is not degenerate."""
     size = p["depth"] * p["width"]
     quality = (1 - math.exp(-size / 48) - 0.08 * (math.log10(p["lr"]) + 3) ** 2
-               - 0.01 * (p["guidance"] - 2) ** 2 + 0.02 * rng.standard_normal())
+               + 0.02 * rng.standard_normal())
     cost = 30 + 0.4 * size * p["depth"] + 5 * rng.standard_normal()
     return [quality, cost]
 
@@ -80,8 +86,7 @@ def objectives(p: dict, rng: np.random.Generator) -> list[float]:
 def random_params(rng: np.random.Generator) -> dict:
     return {"depth": int(rng.choice(SPACE["depth"].choices)),
             "width": int(rng.choice(SPACE["width"].choices)),
-            "lr": float(math.exp(rng.uniform(math.log(1e-4), math.log(3e-3)))),
-            "guidance": float(rng.uniform(0, 6))}
+            "lr": float(math.exp(rng.uniform(math.log(1e-4), math.log(3e-3))))}
 
 
 def make_storage(kind: str, folder: Path):
@@ -193,7 +198,7 @@ def main(argv=None) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     print(f"# Optuna ask/tell latency — optuna {optuna.__version__}; sizes {sizes}, {pairs} "
-          f"pairs each, {a.running} trials RUNNING; two objectives, 4 parameters")
+          f"pairs each, {a.running} trials RUNNING; two objectives, 3 parameters")
     t0 = time.perf_counter()
     out = run(sizes, pairs, a.running, a.samplers, a.storages, a.seed)
     report(out, sizes, a.samplers, a.storages)

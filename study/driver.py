@@ -96,7 +96,9 @@ def _run_study(record: StudyRecord, judge: dict, resume: bool, verbose: bool) ->
         return 2
     try:
         print(f"study {spec.name}: {spec.num_trials} trials, "
-              f"{sizing.describe(spec.workers_per_trial)}", flush=True)
+              f"{sizing.describe(spec.workers_per_trial)}; sampler "
+              f"{spec.sampler.kind if spec.sampler else 'tpe'}, "
+              f"ASHA {'on' if spec.asha else 'off'}", flush=True)
         tune_path = f"{spec.tune_path.rstrip('/')}/{spec.name}"
         rungs = start_keeper(AshaConfig.for_budget(spec.base.train.epochs),
                              _histories(spec.layout)) if spec.asha else None

@@ -8,6 +8,8 @@ from typing import Literal
 from study.search_space import SearchSpace
 from trainables.guidance import GuidanceSearch
 
+SAMPLER_KINDS = ("gp", "tpe", "random", "qmc", "nsga2")
+
 
 @dataclass(frozen=True)
 class SamplerConfig:
@@ -23,8 +25,8 @@ class SamplerConfig:
     population_size: int = 50  # NSGA-II: trials per generation
 
     def __post_init__(self):
-        if self.kind not in ("tpe", "random", "qmc", "nsga2", "gp"):
-            raise ValueError(f"sampler kind={self.kind!r}: use tpe, random, qmc, nsga2 or gp")
+        if self.kind not in SAMPLER_KINDS:
+            raise ValueError(f"sampler kind={self.kind!r}: use one of {', '.join(SAMPLER_KINDS)}")
         if self.n_startup_trials < 0 or self.population_size < 2:
             raise ValueError(f"n_startup_trials={self.n_startup_trials} must be >= 0 and "
                              f"population_size={self.population_size} >= 2")

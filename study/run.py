@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:  # `python study/run.py` from a checkout
 
 from study.errors import UsageError  # noqa: E402
 from study.layout import StudyLayout  # noqa: E402
-from study.presets import PRESETS  # noqa: E402
+from study.presets import PRESETS, SAMPLER_KINDS, Preset, SamplerConfig  # noqa: E402
 from study.spec import Sizing, StudyRecord, StudySpec, size_trials  # noqa: E402
 from trainables.clip_score import ClipConfig  # noqa: E402
 from trainables.config import TrainConfig, TrialConfig  # noqa: E402
@@ -76,6 +76,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                             f"{k} {'on' if p.asha else 'off'}" for k, p in PRESETS.items())
                         + "; off where replaying searches showed it cost the front, "
                         "benchmarks/RESULTS.md)")
+    g.add_argument("--sampler", choices=SAMPLER_KINDS,
+                   help="the Optuna sampler of the search; default: the preset's (" + ", ".join(
+                       f"{k} {p.sampler.kind if p.sampler else 'tpe'}" for k, p in PRESETS.items())
+                   + "). gp found the best fronts for a few dozen trials but thinks for seconds "
+                   "per suggestion, serially in the driver: beyond a few hundred short trials "
+                   "on many GPUs, tpe keeps them busy (benchmarks/RESULTS.md)")
     g.add_argument("--confirm-seeds", type=int, metavar="N",
                    help="re-train each configuration on the Pareto front of the search's trials "
                         "(those ASHA did not stop) with N more seeds, for error bars "
@@ -212,8 +218,15 @@ def build_spec(args: argparse.Namespace, on_this_machine: bool = True) -> StudyS
         trials_per_gpu=args.trials_per_gpu, use_gpu=cuda, gpus=args.gpus, storage=optuna_url,
         tune_storage=storage.tune_storage(args.storage_path, name),
         shared_storage=storage.is_remote(args.storage_path) or args.shared_fs,
-        address=args.address, sampler=preset.sampler,
+        address=args.address, sampler=sampler_config(preset, args.sampler),
         asha=preset.asha if args.asha is None else args.asha)
+
+
+def sampler_config(preset: Preset, kind: str | None) -> SamplerConfig | None:
+    """The preset's sampler, or one of `kind` with the preset's start-up trials."""
+    if kind is None or (preset.sampler and preset.sampler.kind == kind):
+        return preset.sampler
+    return replace(preset.sampler or SamplerConfig(), kind=kind)
 
 
 def local_sizing(spec: StudySpec) -> Sizing | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from study.errors import UsageError
 from study.presets import PRESETS
 from study.run import build_spec, parse_args
 from study.spec import StudySpec
@@ -98,3 +99,17 @@ def test_asha_follows_the_preset_unless_asked(help_lines):
     assert build_spec(parse_args([*SMOKE, "--no-asha"])).asha is False
     # the sampler is the preset's, recorded in the spec (study.json) the driver reads
     assert build_spec(parse_args(cpu)).sampler == PRESETS["cpu"].sampler
+
+
+def test_sampler_follows_the_preset_unless_asked(help_lines):
+    text = _help_of(help_lines, "--sampler")
+    for name, preset in PRESETS.items():
+        assert f"{name} {preset.sampler.kind if preset.sampler else 'tpe'}" in text
+    cpu = ["--preset", "cpu", "--dataset", "digits", "--no-clip"]
+    tpe = build_spec(parse_args([*cpu, "--sampler", "tpe"])).sampler
+    # another kind keeps the preset's start-up trials; the preset's own kind is the preset's
+    assert (tpe.kind, tpe.n_startup_trials) == ("tpe", PRESETS["cpu"].sampler.n_startup_trials)
+    assert build_spec(parse_args([*cpu, "--sampler", "gp"])).sampler == PRESETS["cpu"].sampler
+    assert build_spec(parse_args([*SMOKE, "--sampler", "random"])).sampler.kind == "random"
+    with pytest.raises(UsageError, match="--sampler"):
+        parse_args([*cpu, "--sampler", "bayes"])
