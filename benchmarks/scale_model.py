@@ -86,6 +86,9 @@ class Scenario:
     optuna_finished: tuple = (0,)  # finished trials at which ask/tell were measured
     optuna_ask_ms: tuple = (0.0,)
     optuna_tell_ms: tuple = (0.0,)
+    # the same for TPE (``--sampler tpe``), where the study's sampler is another (GP)
+    tpe_ask_ms: tuple | None = None
+    tpe_tell_ms: tuple | None = None
     prestart: int = 0  # trials beyond the slots allowed to start up ahead (overlap)
     seed: int = 0
 
@@ -377,20 +380,21 @@ def load_inputs(path: Path) -> dict[str, tuple[Scenario, dict]]:
     return out
 
 
-def what_if(s: Scenario, before=False, report_every=1, overlap=False, train_x=1,
+def what_if(s: Scenario, tpe=False, report_every=1, overlap=False, train_x=1,
             trials_x=1, per_gpu=None) -> Scenario:
-    """The scenario with settings changed (settings, not measurements). `before`: ASHA in
-    Tune's driver, which also evaluated the trials it stopped (the study until 2 Dec 2026)."""
+    """The scenario with settings changed (settings, not measurements). `tpe`: Optuna's TPE
+    sampler's measured latency instead of the scenario's sampler's."""
     k = per_gpu or s.trials_per_device
-    return replace(s, stopped_eval_in_driver=before, rungs_in_driver=before,
-                   epoch_overhead_s=s.epoch_overhead_s / report_every,
+    if tpe and s.tpe_ask_ms:
+        s = replace(s, optuna_ask_ms=s.tpe_ask_ms, optuna_tell_ms=s.tpe_tell_ms)
+    return replace(s, epoch_overhead_s=s.epoch_overhead_s / report_every,
                    prestart=s.devices * k if overlap else s.prestart, epoch_s=s.epoch_s * train_x,
                    trials=s.trials * trials_x, trials_per_device=k)
 
 
 LADDER = (  # applied one after another
-    ("before: ASHA in the driver, which evaluated the trials it stopped", {"before": True}),
-    ("as the study runs now: ASHA in the trials, each evaluates itself", {"before": False}),
+    ("as the study runs now (its sampler, ASHA as the scenario says)", {}),
+    ("+ TPE's suggestions instead (`--sampler tpe`)", {"tpe": True}),
     ("+ validation, checkpoint and report every 10 epochs", {"report_every": 10}),
     ("+ the next trial starts up while the slots train (overlap)", {"overlap": True}),
     ("+ 16× the training per trial (bigger models, more data)", {"train_x": 16}),
@@ -447,11 +451,11 @@ def cluster(s: Scenario, seeds: int) -> None:
     for label, more in LADDER:
         settings |= more
         print(table_row(label, what_if(s, **settings), seeds)[0])
-    print("\nWith the first three changes, by training per trial, trials and packing:\n\n"
+    print("\nWith the first four changes, by training per trial, trials and packing:\n\n"
           f"| training × | trials | per GPU | {header}\n|" + " ---: |" * 12)
     below = []
     for train_x, trials_x, k in itertools.product((1, 4, 16, 64), (1, 4), (2, 1)):
-        x = what_if(s, report_every=10, overlap=True, train_x=train_x,
+        x = what_if(s, tpe=True, report_every=10, overlap=True, train_x=train_x,
                     trials_x=trials_x, per_gpu=k)
         text, lost = table_row(f"{train_x} | {x.trials} | {k}", x, seeds)
         print(text)
@@ -461,10 +465,10 @@ def cluster(s: Scenario, seeds: int) -> None:
         full = t * s.epochs * s.epoch_s
         capped = full > (s.max_train_s or math.inf)
         print(f"\n→ below 5% lost: {len(below)} settings; the least training per trial: {t}× "
-              f"the gpu preset's ({min(full, s.max_train_s or math.inf) / 60:.0f} min for a "
-              f"trial ASHA keeps), {n} trials, {k} per GPU."
-              + (" Every trial then stops on its time budget before ASHA's last rung: equal "
-                 "lengths leave no tail, but ASHA saves little." if capped else ""))
+              f"the gpu preset's ({min(full, s.max_train_s or math.inf) / 60:.0f} min of "
+              f"training for a trial that runs to its budget), {n} trials, {k} per GPU."
+              + (" Every trial then stops on its time budget: equal lengths leave no tail"
+                 + (", but ASHA saves little." if s.asha_grace else ".") if capped else ""))
     else:
         print("\n→ no setting here loses less than 5%.")
 

@@ -13,6 +13,7 @@ from benchmarks.scale_model import (
     asha_rungs,
     load_inputs,
     simulate,
+    what_if,
 )
 
 # 1 trial: 5 s start-up, 3 epochs of 10 s, 2 s evaluation = 37 s
@@ -124,3 +125,22 @@ def test_inputs_file_loads_and_every_number_has_a_source():
     assert gpu.driver_trial_s == s.driver_trial_s > 0 and gpu.driver_result_s > 0
     # the study as it runs now: ASHA in the trials, stopped trials evaluate themselves
     assert not scenarios["cpu-18a"][0].rungs_in_driver and s.rungs_in_driver
+    # the cluster is the gpu preset as it is: its ASHA setting, and a sampler whose latency
+    # (GP) --sampler tpe would replace with TPE's, measured in the same run
+    from study.presets import PRESETS
+
+    assert (gpu.asha_grace is not None) == PRESETS["gpu"].asha
+    tpe = what_if(gpu, tpe=True)
+    assert tpe.optuna_ask_ms == gpu.tpe_ask_ms and max(gpu.tpe_ask_ms) < min(gpu.optuna_ask_ms)
+
+
+def test_a_slower_sampler_keeps_the_driver_busier():
+    # 40 trials of 3 s training on 8 slots: 5 waves, 15 s, when suggestions are quick
+    many = replace(ONE, trials=40, devices=8, epoch_s=1.0, startup_s=0.0, eval_s=0.0,
+                   optuna_finished=(0, 40),
+                   optuna_ask_ms=(2000.0, 2000.0), tpe_ask_ms=(50.0, 50.0),
+                   tpe_tell_ms=(5.0, 5.0), optuna_tell_ms=(5.0, 5.0))
+    slow, fast = simulate(many), simulate(what_if(many, tpe=True))
+    # 40 asks of 2 s, one at a time: the driver, not the 8 slots, sets the pace
+    assert slow.driver_busy_s == pytest.approx(40 * 2.005, rel=0.01)
+    assert slow.wall_s > 40 * 2 > 20 > fast.wall_s
