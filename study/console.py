@@ -31,8 +31,9 @@ from study.layout import StudyLayout
 from study.search_space import describe, hyperparameters
 
 #: Loggers of the driver whose records go to logs/driver.log (and to the console if --verbose),
-#: besides every "ray.*" logger that has handlers of its own (Ray Data's does).
-LOGGERS = ("ray", "py.warnings")
+#: besides every "ray.*" logger that has handlers of its own (Ray Data's does). Optuna's too:
+#: its lines (e.g. GPSampler's hint to install greenlet) are not the study's.
+LOGGERS = ("ray", "optuna", "py.warnings")
 #: A forwarded line shown on the console even when quiet: an error, or a trial's resume. Of a
 #: traceback only the exception's line ("ConnectionError: ...") is shown, not its header
 #: ("Exception in thread ...:"); the whole of it is in logs/workers.log.
@@ -72,6 +73,7 @@ class Console:
         self.layout: StudyLayout | None = None
         self._driver: _LogFile | None = None
         self._workers: _LogFile | None = None
+        self._raylet_printing = None  # undoes route_raylet_messages while workers are followed
         self._status = ""  # the live progress line drawn on a TTY ("" when none)
         self._lock = threading.Lock()
 
@@ -150,12 +152,16 @@ class Console:
         private.add_worker_output_handler("study_logs", self._forwarded)
         if not self.verbose:
             private.remove_ray_worker_printing()
+            self._raylet_printing = private.route_raylet_messages(self._forwarded)
 
     def _unfollow_workers(self) -> None:
         from study import optuna_private as private
 
         with suppress(Exception):  # Ray may be shut down already
             private.remove_worker_output_handler("study_logs")
+        if self._raylet_printing is not None:
+            self._raylet_printing()
+            self._raylet_printing = None
 
     def _forwarded(self, data: dict) -> None:
         """A batch of forwarded lines: {"pid", "actor_name"/"task_name", "ip", "lines", ...}."""

@@ -212,9 +212,13 @@ def confirm_pareto(spec: StudySpec, sizing: Sizing, judge: dict, verbose: bool =
     done = set(zip(df["confirm_of"].dropna(), df.loc[df["confirm_of"].notna(), "seed"],
                    strict=True))  # a resumed study does not confirm twice
     seeds = [spec.seed + 1 + s for s in range(spec.confirm_seeds)]
+    # Longest first (by the first seed's wall time): the short runs then fill the slots while
+    # the long ones train, instead of a long one starting last and running alone (LPT order;
+    # 20-30 s of the cpu preset's 5-minute confirmation phase).
+    longest_first = front.sort_values("trial_wall_s", ascending=False, kind="stable")
     configs = [{**{name: _plain(row[name]) for name in AXES}, "seed": seed,
                 "confirm_of": row["trial_id"]}
-               for row in front.to_dict(orient="records") for seed in seeds
+               for row in longest_first.to_dict(orient="records") for seed in seeds
                if (row["trial_id"], seed) not in done]
     if not configs:
         return

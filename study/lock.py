@@ -27,6 +27,7 @@ import shutil
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from study.errors import UsageError
@@ -154,5 +155,8 @@ def claim(spec, token: str, resume: bool) -> None:
         study = optuna.load_study(study_name=spec.name, storage=spec.storage)
     study.set_user_attr(TOKEN_ATTR, token)
     study.set_user_attr(DIR_ATTR, str(spec.study_dir))
-    # optuna-dashboard and Optuna's plots label the objectives with these, not "Objective 0"
-    study.set_metric_names(METRIC_NAMES)
+    # optuna-dashboard and Optuna's plots label the objectives with these, not "Objective 0".
+    # Experimental since Optuna 3.2 and stable in use: its warning would be console noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(METRIC_NAMES)

@@ -11,6 +11,8 @@ breaking ``--resume`` or Ctrl-C.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
@@ -89,3 +91,19 @@ def remove_ray_worker_printing() -> bool:
     present = any(n == RAY_PRINT_HANDLER for n, _ in _dispatcher().handlers)
     _dispatcher().remove_handler(RAY_PRINT_HANDLER)
     return present
+
+
+def route_raylet_messages(handler) -> Callable[[], None]:
+    """Send the messages the raylet publishes to the driver ("N worker processes have been
+    started ...", OOM kills) to `handler(batch)` instead of the console: Ray's error listener
+    (``ray._private.worker.listen_error_messages``) prints them with the module's
+    ``print_to_stdstream``, past the dispatcher above. Returns the function that undoes it."""
+    from ray._private import worker
+
+    printing = worker.print_to_stdstream
+    worker.print_to_stdstream = lambda data, ignore_prefix=True: handler(data)
+
+    def restore() -> None:
+        worker.print_to_stdstream = printing
+
+    return restore

@@ -105,7 +105,7 @@ def smoke_study(tmp_path_factory, tiny_clip_files, judge_cache) -> Path:
     trials plus one confirmation seed of the Pareto front, with CLIP on through a tiny random
     open_clip model from local files (the --clip-model/--clip-checkpoint path a user takes, and
     the headline metric's code path). The end of the run writes the post-study inputs and the
-    report. Its stdout is saved as run.log beside the study directory."""
+    report. Its stdout and stderr are saved as run.log and run.err beside the study directory."""
     out = tmp_path_factory.mktemp("runs")
     config, checkpoint = tiny_clip_files
     p = subprocess.run([*STUDY_CLI, "--preset", "smoke", "--dataset", "digits",
@@ -115,6 +115,7 @@ def smoke_study(tmp_path_factory, tiny_clip_files, judge_cache) -> Path:
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     (out / "run.log").write_text(p.stdout)  # beside the study, for tests of what it printed
+    (out / "run.err").write_text(p.stderr)
     return out / "smoke"
 
 

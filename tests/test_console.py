@@ -9,6 +9,7 @@ import sys
 import types
 import warnings
 
+import optuna
 import pandas as pd
 import pytest
 
@@ -56,6 +57,7 @@ def test_quiet_console_sends_rays_loggers_warnings_and_tunes_prints_to_the_drive
         assert not [h for h in ray_logger.handlers if _rays(h)]  # off the console
         logging.getLogger("ray.tune").warning("Reporting training result 1")
         logging.getLogger("ray").info("Started a local Ray instance")
+        optuna.logging.get_logger("optuna.samplers._gp").warning("'greenlet' is unavailable")
         with warnings.catch_warnings():  # pytest's configuration ignores DeprecationWarnings
             warnings.simplefilter("always")
             warnings.warn("ExecutionOptions.exclude_resources is deprecated",
@@ -66,7 +68,7 @@ def test_quiet_console_sends_rays_loggers_warnings_and_tunes_prints_to_the_drive
     out, err = capfd.readouterr()
     assert out == "trial ab12 d3 w16: started\n" and err == ""
     log = layout.logs.driver.read_text()
-    for text in ("Reporting training result 1", "Started a local Ray instance",
+    for text in ("Reporting training result 1", "Started a local Ray instance", "greenlet",
                  "exclude_resources is deprecated", "TensorBoard", "trial ab12 d3 w16: started"):
         assert text in log, text
     # everything is put back as it was
@@ -177,6 +179,9 @@ def test_smoke_study_console_is_quiet_and_its_chatter_is_logged(smoke_study):
                     "tensorboard", "Configuration for experiment", "DeprecationWarning",
                     "(RayTrainWorker pid="):
         assert chatter not in log, chatter
+    # nor Python warnings (Optuna's ExperimentalWarning, Ray's and torch's) on stderr
+    err = (smoke_study.parent / "run.err").read_text()
+    assert not re.search(r"\w+Warning: ", err), err[-2000:]
     logs = StudyLayout(smoke_study).logs
     assert "Configuration for experiment" in logs.driver.read_text()
     workers = logs.workers.read_text()

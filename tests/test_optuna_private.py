@@ -72,3 +72,24 @@ def test_tune_stops_on_request_whether_or_not_it_handles_sigint(sigint_disabled,
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
+
+
+def test_raylet_messages_reach_the_handler_instead_of_the_console(capfd):
+    import inspect
+
+    from ray._private import worker
+
+    # Ray's error listener prints through the module's print_to_stdstream, looked up per call
+    assert "print_to_stdstream(" in inspect.getsource(worker.listen_error_messages)
+    got = []
+    restore = private.route_raylet_messages(got.append)
+    try:
+        batch = {"lines": ["WARNING: 10 PYTHON worker processes have been started"],
+                 "pid": "raylet", "is_err": False}
+        worker.print_to_stdstream(batch, ignore_prefix=False)
+    finally:
+        restore()
+    assert got == [batch] and capfd.readouterr().out == ""
+    worker.print_to_stdstream({"lines": ["back on the console"], "pid": "raylet",
+                               "is_err": False}, ignore_prefix=False)
+    assert "back on the console" in capfd.readouterr().out
