@@ -79,9 +79,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--sampler", choices=SAMPLER_KINDS,
                    help="the Optuna sampler of the search; default: the preset's (" + ", ".join(
                        f"{k} {p.sampler.kind if p.sampler else 'tpe'}" for k, p in PRESETS.items())
-                   + "). gp found the best fronts for a few dozen trials but thinks for seconds "
-                   "per suggestion, serially in the driver: beyond a few hundred short trials "
-                   "on many GPUs, tpe keeps them busy (benchmarks/RESULTS.md)")
+                   + "). gp found the best fronts in replayed studies but thinks 0.2 s per "
+                   "suggestion at first and 2 s after 1,000 trials, serially in the driver: for "
+                   "hundreds of short trials on many GPUs tpe (0.05 s) keeps them busy "
+                   "(benchmarks/RESULTS.md)")
     g.add_argument("--confirm-seeds", type=int, metavar="N",
                    help="re-train each configuration on the Pareto front of the search's trials "
                         "(those ASHA did not stop) with N more seeds, for error bars "
