@@ -68,16 +68,12 @@ def answer(study: Study) -> list[str]:
         return ["No trial succeeded: there is no answer yet (see the failed trials below)."]
     out = [first]
     b = tables.best_for_cost(configs)["best"]
-    ref = study.reference or {}
     facts = [f"judge accuracy {_q(b, 'judge_acc')}"]
     if "recall_mean" in b:
         facts.append(f"recall {_q(b, 'recall')}")
     if "precision_mean" in b:
         facts.append(f"precision {_q(b, 'precision')}")
-    # the ceiling of each number: held-out real digits scored by the same pipeline
-    keys = dict.fromkeys((study.quality_metric, "judge_acc"))  # once, if quality is judge_acc
-    names = {"judge_acc": "judge accuracy"}
-    ceiling = [f"{names.get(k, k)} {ref[k]:.3f}" for k in keys if ref.get(k) is not None]
+    ceiling = real_digits(study)
     real = f" (real digits: {', '.join(ceiling)})" if ceiling else ""
     out.append(f"Faithful and diverse: {', '.join(facts)}{real}.")
     if study.headline_metric == "clip_top" and "clip_top_mean" in b:
@@ -92,6 +88,15 @@ def answer(study: Study) -> list[str]:
         out.append(line + ".")
     out.append(seeds_sentence(configs))
     return out
+
+
+def real_digits(study: Study) -> list[str]:
+    """The ceiling of the quality metric and the judge's accuracy: held-out real digits scored
+    by the same pipeline ("coverage 0.390", "judge accuracy 0.970"; those recorded)."""
+    ref = study.reference or {}
+    keys = dict.fromkeys((study.quality_metric, "judge_acc"))  # once, if quality is judge_acc
+    names = {"judge_acc": "judge accuracy"}
+    return [f"{names.get(k, k)} {ref[k]:.3f}" for k in keys if ref.get(k) is not None]
 
 
 def seeds_sentence(configs: pd.DataFrame) -> str:
@@ -125,11 +130,11 @@ def summary(study: Study) -> str:
               f"- total training time {cost['training_s']:.0f} s, trial wall time "
               f"{cost['trial_wall_s']:.0f} s, worker time {cost['worker_s']:.0f} s, GPU time "
               f"{cost['gpu_s']:.0f} s, training compute {cost['train_gflops']:.4g} GFLOPs"]
-    if study.reference:
-        lines.append(f"- real digits (reference): judge accuracy "
-                     f"{study.reference.get('judge_acc', float('nan')):.3f}"
-                     + (f", CLIP-top-{study.top_k} {study.reference['clip_top']:.2f}"
-                        if study.reference.get("clip_top") is not None else ""))
+    reference = real_digits(study) + ([f"CLIP-top-{study.top_k} {study.reference['clip_top']:.2f}"]
+                                      if (study.reference or {}).get("clip_top") is not None
+                                      else [])
+    if reference:
+        lines.append(f"- real digits (reference): {', '.join(reference)}")
     configs = tables.configurations(study.ok, study.axes)
     verdict = tables.best_for_cost(configs)
     if verdict is not None:

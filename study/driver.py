@@ -28,6 +28,7 @@ from study.console import CONSOLE, ProgressCallback  # noqa: E402
 from study.errors import UsageError  # noqa: E402
 from study.finalize import ResultsCallback  # noqa: E402
 from study.interrupt import EXIT_STATUS, INTERRUPTS  # noqa: E402
+from study.presets import sampler_kind  # noqa: E402
 from study.redact import redact  # noqa: E402
 from study.rungs import AshaConfig, start_keeper  # noqa: E402
 from study.search import StudySearch, fail_orphans  # noqa: E402
@@ -97,8 +98,7 @@ def _run_study(record: StudyRecord, judge: dict, resume: bool, verbose: bool) ->
     try:
         print(f"study {spec.name}: {spec.num_trials} trials, "
               f"{sizing.describe(spec.workers_per_trial)}; sampler "
-              f"{spec.sampler.kind if spec.sampler else 'tpe'}, "
-              f"ASHA {'on' if spec.asha else 'off'}", flush=True)
+              f"{sampler_kind(spec.sampler)}, ASHA {'on' if spec.asha else 'off'}", flush=True)
         tune_path = f"{spec.tune_path.rstrip('/')}/{spec.name}"
         rungs = start_keeper(AshaConfig.for_budget(spec.base.train.epochs),
                              _histories(spec.layout)) if spec.asha else None
@@ -214,7 +214,7 @@ def confirm_pareto(spec: StudySpec, sizing: Sizing, judge: dict, verbose: bool =
     seeds = [spec.seed + 1 + s for s in range(spec.confirm_seeds)]
     # Longest first (by the first seed's wall time): the short runs then fill the slots while
     # the long ones train, instead of a long one starting last and running alone (LPT order;
-    # 20-30 s of the cpu preset's 5-minute confirmation phase).
+    # on cpu-19a's four runs, estimated 308 s of wall instead of 329 s).
     longest_first = front.sort_values("trial_wall_s", ascending=False, kind="stable")
     configs = [{**{name: _plain(row[name]) for name in AXES}, "seed": seed,
                 "confirm_of": row["trial_id"]}

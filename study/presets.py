@@ -32,6 +32,11 @@ class SamplerConfig:
                              f"population_size={self.population_size} >= 2")
 
 
+def sampler_kind(config: SamplerConfig | None) -> str:
+    """The kind of sampler a study searches with; None is OptunaSearch's own TPESampler."""
+    return config.kind if config else "tpe"
+
+
 @dataclass(frozen=True)
 class Preset:
     space: SearchSpace

@@ -35,7 +35,13 @@ if str(ROOT) not in sys.path:  # `python study/run.py` from a checkout
 
 from study.errors import UsageError  # noqa: E402
 from study.layout import StudyLayout  # noqa: E402
-from study.presets import PRESETS, SAMPLER_KINDS, Preset, SamplerConfig  # noqa: E402
+from study.presets import (  # noqa: E402
+    PRESETS,
+    SAMPLER_KINDS,
+    Preset,
+    SamplerConfig,
+    sampler_kind,
+)
 from study.spec import Sizing, StudyRecord, StudySpec, size_trials  # noqa: E402
 from trainables.clip_score import ClipConfig  # noqa: E402
 from trainables.config import TrainConfig, TrialConfig  # noqa: E402
@@ -78,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "benchmarks/RESULTS.md)")
     g.add_argument("--sampler", choices=SAMPLER_KINDS,
                    help="the Optuna sampler of the search; default: the preset's (" + ", ".join(
-                       f"{k} {p.sampler.kind if p.sampler else 'tpe'}" for k, p in PRESETS.items())
+                       f"{k} {sampler_kind(p.sampler)}" for k, p in PRESETS.items())
                    + "). gp found the best fronts in replayed studies but thinks 0.2 s per "
                    "suggestion at first and 2 s after 1,000 trials, serially in the driver: for "
                    "hundreds of short trials on many GPUs tpe (0.05 s) keeps them busy "

@@ -343,6 +343,10 @@ def test_study_run_writes_post_study_inputs_and_report(smoke_study):
     ref = json.loads((study_dir / "reference.json").read_text())
     assert f"(real digits: coverage {ref['coverage']:.3f}, judge accuracy {ref['judge_acc']:.3f})" \
         in page
+    # and the summary's reference line leads with the quality metric, not the judge alone
+    summary = (study_dir / "report" / "summary.md").read_text()
+    assert f"- real digits (reference): coverage {ref['coverage']:.3f}, judge accuracy " \
+        f"{ref['judge_acc']:.3f}" in summary
 
 
 @pytest.mark.slow

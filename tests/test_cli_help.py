@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from study.errors import UsageError
-from study.presets import PRESETS
+from study.presets import PRESETS, sampler_kind
 from study.run import build_spec, parse_args
 from study.spec import StudySpec
 from trainables.config import TrainConfig
@@ -104,7 +104,7 @@ def test_asha_follows_the_preset_unless_asked(help_lines):
 def test_sampler_follows_the_preset_unless_asked(help_lines):
     text = _help_of(help_lines, "--sampler")
     for name, preset in PRESETS.items():
-        assert f"{name} {preset.sampler.kind if preset.sampler else 'tpe'}" in text
+        assert f"{name} {sampler_kind(preset.sampler)}" in text
     cpu = ["--preset", "cpu", "--dataset", "digits", "--no-clip"]
     tpe = build_spec(parse_args([*cpu, "--sampler", "tpe"])).sampler
     # another kind keeps the preset's start-up trials; the preset's own kind is the preset's
