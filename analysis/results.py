@@ -105,7 +105,7 @@ class Study:
 #: hand-edited cell that is not one is read as empty (with a note).
 TEXT_COLUMNS = {"trial_id", "status", "stop_reason", "error", "confirm_of", "style",
                 "channels", "dataset", "train_dtype", "quality_metric", "clip_model",
-                "eval_sampler", "samples_path", "grid_path", "checkpoint_path",
+                "eval_sampler", "eval_dtype", "samples_path", "grid_path", "checkpoint_path",
                 "guidance_curve"}
 #: Larger files than these are not study files: they are skipped, not read.
 MAX_TABLE_BYTES, MAX_JSON_BYTES = 256 * 1024**2, 64 * 1024**2

@@ -243,28 +243,34 @@ def _duration(seconds: float) -> str:
 
 
 class ProgressCallback(tune.Callback):
-    """`trial … started` lines and the progress line of one Tuner: trials done / total (counted
-    in results.csv, so a resumed study counts what it finished before), running, elapsed and
-    an estimate of what is left at this run's pace. `confirm`: the confirmation runs' Tuner."""
+    """`trial … started` lines and the progress line of the study's Tuner: search trials done /
+    total and confirmation runs done (counted in results.csv, so a resumed study counts what
+    it finished before), running, elapsed and an estimate of what is left at this run's pace.
+    `confirm`: the study's ConfirmPlan (study/confirm.py), None when it confirms nothing."""
 
-    def __init__(self, study_dir: str, total: int, confirm: bool = False):
+    def __init__(self, study_dir: str, total: int, confirm=None):
         self.study_dir, self.total, self.confirm = study_dir, total, confirm
         self._setup()
 
     def _setup(self) -> None:
         self.start = time.monotonic()
         self.running: set[str] = set()
-        self.before = self._done()[0]
+        self.before = self._done()["runs"]
         self.last_line = self.last_draw = self.start
 
     def setup(self, **info):  # each fit, a restored one too (callbacks are pickled with Tune)
         self._setup()
 
-    def _done(self) -> tuple[int, int]:
-        """(finished, failed) rows of this Tuner's kind in results.csv."""
+    def _done(self) -> dict:
+        """Rows in results.csv: search trials, of them failed, confirmation runs, all runs, and
+        the runs left (search trials, and the confirmations the front as it stands calls for)."""
         df = results.read_results(Path(self.study_dir))
-        df = df[df["confirm_of"].notna() == self.confirm]
-        return len(df), int((df["status"] == "failed").sum())
+        search = df[df["confirm_of"].isna()]
+        confirmed = len(df) - len(search)
+        planned = self.confirm.planned(df) if self.confirm else 0
+        return {"search": len(search), "failed": int((df["status"] == "failed").sum()),
+                "confirmed": confirmed, "runs": len(df),
+                "left": max(0, self.total - len(search)) + max(0, planned - confirmed)}
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running.add(trial.trial_id)
@@ -291,18 +297,19 @@ class ProgressCallback(tune.Callback):
             self._progress()
 
     def line(self) -> str:
-        done, failed = self._done()
+        done = self._done()
         elapsed = time.monotonic() - self.start
-        now = done - self.before
-        left = max(0, self.total - done)
+        now, left = done["runs"] - self.before, done["left"]
         if left == 0:
             eta = "none left"
         elif now > 0:
             eta = f"about {_duration(elapsed / now * left)} left"
         else:
             eta = "time left known after the first trial"
-        kind = "confirmation runs" if self.confirm else "trials"
-        return (f"[{done}/{self.total} {kind} done{f', {failed} failed' if failed else ''}, "
+        failed = f", {done['failed']} failed" if done["failed"] else ""
+        confirmed = (f", {done['confirmed']} confirmation runs done"
+                     if self.confirm and done["confirmed"] else "")
+        return (f"[{done['search']}/{self.total} trials done{failed}{confirmed}, "
                 f"{len(self.running)} running, {_duration(elapsed)} elapsed, {eta}]")
 
     def _progress(self) -> None:

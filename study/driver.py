@@ -1,8 +1,8 @@
 """Drive a prepared study on Ray: start (or attach to) Ray, size the trials to the resources found,
-run the Tuner (or restore it), confirm the Pareto front with more seeds, print a summary, and
-write the post-study inputs and the report. The console shows one line per trial event and a
-progress line; Ray's, Tune's and Train's own output goes to runs/<name>/logs/ unless --verbose
-(study/console.py).
+run the Tuner (or restore it): the search, then the Pareto front's confirmation runs with more
+seeds (study/confirm.py), print a summary, and write the post-study inputs and the report.
+The console shows one line per trial event and a progress line; Ray's, Tune's and Train's own
+output goes to runs/<name>/logs/ unless --verbose (study/console.py).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from ray import tune  # noqa: E402
 from analysis.tables import pareto_front  # noqa: E402
 from study import results  # noqa: E402
 from study.auth_token import ensure_token, make_private, token_path  # noqa: E402
+from study.confirm import ConfirmPlan  # noqa: E402
 from study.console import CONSOLE, ProgressCallback  # noqa: E402
 from study.errors import UsageError  # noqa: E402
 from study.finalize import ResultsCallback  # noqa: E402
@@ -118,11 +119,6 @@ def _run_study(record: StudyRecord, judge: dict, resume: bool, verbose: bool) ->
         if orphans:
             print(f"Optuna: {orphans} trial(s) left running by an interrupted driver marked "
                   f"FAIL (Tune never ran them)", flush=True)
-        if spec.confirm_seeds > 0:
-            with INTERRUPTS.tuning(), CONSOLE.quiet():
-                confirm_pareto(spec, sizing, judge, verbose)
-            if INTERRUPTS.requested:
-                return EXIT_STATUS
         print_summary(spec)
         _post_study(spec)
     finally:
@@ -178,16 +174,21 @@ def make_tuner(spec: StudySpec, sizing: Sizing, judge: dict, rungs=None,
                run=run_trial, verbose: bool = False) -> tune.Tuner:
     """The study's Tuner; `run(params, spec, sizing, judge, rungs, finished)` is the trial
     (tests pass a lighter one); `rungs` the study's RungKeeper (study/rungs.py). Tune's own
-    trial table only with `verbose`: the study prints its own lines (study/console.py)."""
+    trial table only with `verbose`: the study prints its own lines (study/console.py).
+    The confirmation runs are the Tuner's last trials, handed out by the searcher as front
+    points become final (study/confirm.py): num_samples leaves room for a front of every
+    trial, and the searcher ends the Tuner when its front is confirmed."""
+    confirm = ConfirmPlan.for_study(spec.seed, spec.confirm_seeds)
     searcher = StudySearch(study_dir=spec.study_dir, study_name=spec.name, seed=spec.seed,
-                           sampler_config=spec.sampler,
-                           storage=optuna.storages.RDBStorage(spec.storage))
+                           sampler_config=spec.sampler, num_trials=spec.num_trials,
+                           confirm=confirm, storage=optuna.storages.RDBStorage(spec.storage))
     return tune.Tuner(
         _trainable(spec, sizing, judge, rungs, run=run),
         param_space=spec.space.to_tune(),
         tune_config=tune.TuneConfig(
             # Early stopping is decided inside the trials (study/rungs.py): Tune runs them FIFO.
-            search_alg=searcher, num_samples=spec.num_trials,
+            search_alg=searcher,
+            num_samples=spec.num_trials * (1 + (len(confirm.seeds) if confirm else 0)),
             max_concurrent_trials=sizing.concurrent,
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
             # Not reused: a reused trial driver once outlived Tune's ASHA stop, its Ray Train run
@@ -196,48 +197,10 @@ def make_tuner(spec: StudySpec, sizing: Sizing, judge: dict, rungs=None,
         run_config=tune.RunConfig(
             name=spec.name, storage_path=spec.tune_path,
             callbacks=[ResultsCallback(spec.study_dir),
-                       ProgressCallback(spec.study_dir, spec.num_trials)],
+                       ProgressCallback(spec.study_dir, spec.num_trials, confirm)],
             failure_config=tune.FailureConfig(max_failures=spec.trial_retries),
             verbose=1 if verbose else 0),
     )
-
-
-def confirm_pareto(spec: StudySpec, sizing: Sizing, judge: dict, verbose: bool = False) -> None:
-    """Re-train each Pareto-front configuration with `confirm_seeds` further seeds, for error
-    bars. Only trials that trained to their budget count: a trial ASHA stopped is cheap because
-    it was stopped, and its configuration run to the budget would be another point; ASHA
-    judged it not worth that budget."""
-    df = results.read_results(spec.study_dir)
-    front = pareto_front(df[df["confirm_of"].isna() & (df["stop_reason"] != "asha")])
-    done = set(zip(df["confirm_of"].dropna(), df.loc[df["confirm_of"].notna(), "seed"],
-                   strict=True))  # a resumed study does not confirm twice
-    seeds = [spec.seed + 1 + s for s in range(spec.confirm_seeds)]
-    # Longest first (by the first seed's wall time): the short runs then fill the slots while
-    # the long ones train, instead of a long one starting last and running alone (LPT order;
-    # on cpu-19a's four runs, estimated 308 s of wall instead of 329 s).
-    longest_first = front.sort_values("trial_wall_s", ascending=False, kind="stable")
-    configs = [{**{name: _plain(row[name]) for name in AXES}, "seed": seed,
-                "confirm_of": row["trial_id"]}
-               for row in longest_first.to_dict(orient="records") for seed in seeds
-               if (row["trial_id"], seed) not in done]
-    if not configs:
-        return
-    CONSOLE.say(f"confirming {len(front)} Pareto configurations with {spec.confirm_seeds} "
-                f"more seed(s) each ({len(configs)} trials)")
-    progress = ProgressCallback(spec.study_dir, len(front) * spec.confirm_seeds, confirm=True)
-    tune.Tuner(
-        _trainable(spec, sizing, judge),
-        param_space={"fixed": tune.grid_search(configs)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=sizing.concurrent),
-        run_config=tune.RunConfig(name=f"{spec.name}-confirm", storage_path=spec.tune_path,
-                                  callbacks=[ResultsCallback(spec.study_dir), progress],
-                                  verbose=1 if verbose else 0),
-    ).fit()
-
-
-def _plain(v):
-    """A table cell as the plain Python value a search axis takes (numpy ints, bools)."""
-    return v.item() if hasattr(v, "item") else v
 
 
 def print_summary(spec: StudySpec) -> None:

@@ -135,7 +135,8 @@ def post_study(study_dir: Path, top_n: int = 2) -> None:
         sc = cfg.sample
         _, traj_labels, traj = generate(ema, Schedule.from_config(cfg.diffusion), DIGITS,
                                         ecfg.n_per_digit, w, sc.sampler, sc.steps,
-                                        sc.eta, seed=ecfg.seed, return_trajectory=True)
+                                        sc.eta, seed=ecfg.seed, return_trajectory=True,
+                                        amp=sc.amp)
         step_probs = [judge.probs(x) for x in traj]
         conf = np.stack([p.gather(1, traj_labels[:, None]).squeeze(1).numpy()
                          for p in step_probs])  # (S+1, N)

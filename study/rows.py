@@ -77,6 +77,7 @@ COLUMN_DOCS: dict[str, str] = {
     "clip_top_judge": "CLIP score of the judge's picks", "clip_model": "CLIP used, or disabled",
     "eval_s": "evaluation seconds", "eval_sample_s": "of which sampling",
     "eval_steps": "sampler steps", "eval_sampler": "ddim or ddpm",
+    "eval_dtype": "the U-Net's precision when sampling (evaluation, w search, probe): bf16 or fp32",
     "n_samples": "evaluation samples",
     "samples_path": "trials/<id>/samples.npz", "grid_path": "trials/<id>/samples.png",
     "checkpoint_path": "trials/<id>/checkpoint.pt",

@@ -9,7 +9,8 @@ Every trial trains one conditional U-Net (depth, width, lr searched), tunes its 
 w, and is judged there: quality is class-conditional coverage in the digit judge's feature
 space, beside the judge's accuracy, precision, recall and (unless --no-clip) CLIP-top-3.
 Optuna searches two objectives: quality up, training seconds down; the Pareto front's
-configurations are then re-trained with more seeds (--confirm-seeds).
+configurations are re-trained with more seeds (--confirm-seeds), each as soon as the running
+trials can no longer displace it from the front.
 
 Output: the study directory <output-dir>/<name>/ (its path is printed first) with results.csv
 (one row per trial), study.json, reference.json, trials/<id>/, optuna.db, Tune's state in ray/,
@@ -91,7 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(benchmarks/RESULTS.md)")
     g.add_argument("--confirm-seeds", type=int, metavar="N",
                    help="re-train each configuration on the Pareto front of the search's trials "
-                        "(those ASHA did not stop) with N more seeds, for error bars "
+                        "(those ASHA did not stop) with N more seeds, for error bars; each "
+                        "starts once the running trials can no longer displace it "
                         "(default: the preset's: " + ", ".join(
                             f"{k} {v.confirm_seeds}" for k, v in PRESETS.items()) + ")")
     g.add_argument("--name", help="study name, the study directory's name (default: "

@@ -3,7 +3,8 @@
 ``StudySearch`` is Tune's ``OptunaSearch`` that tells Optuna the *measured* row of every
 trial (as study/finalize.py records it), and that adopts the trial a crashed driver had asked
 for instead of asking anew, so the Optuna study and the results table agree trial by trial
-after ``--resume``.
+after ``--resume``. Once Optuna's trials are all asked, it hands out the confirmation runs of
+the Pareto front (study/confirm.py), each as soon as its point is final, and then finishes.
 """
 
 from __future__ import annotations
@@ -12,14 +13,19 @@ import io
 import pickle
 
 import optuna
+import pandas as pd
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from study import optuna_private as private
+from study.confirm import ConfirmPlan
+from study.console import CONSOLE
 from study.finalize import get_finalizer
 from study.mirror import mirror_for
 from study.presets import SamplerConfig
 from study.redact import redact, reveal
 from study.rows import COST, QUALITY
+from study.search_space import AXES, describe
 
 
 def make_sampler(cfg: SamplerConfig, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -41,21 +47,51 @@ def make_sampler(cfg: SamplerConfig, seed: int | None) -> optuna.samplers.BaseSa
 class StudySearch(OptunaSearch):
     """OptunaSearch (quality up, training seconds down) over the study's measured rows, drawing
     with the sampler `sampler_config` describes (seeded by `seed`); None: OptunaSearch's own
-    default, TPESampler(seed)."""
+    default, TPESampler(seed). With a `confirm` plan, the confirmation runs follow Optuna's
+    `num_trials` trials in the same Tuner (give Tune room for them in its num_samples)."""
 
     def __init__(self, *args, study_dir: str, sampler_config: SamplerConfig | None = None,
-                 **kwargs):
+                 num_trials: int = 0, confirm: ConfirmPlan | None = None, **kwargs):
         if sampler_config is not None:
             kwargs["sampler"] = make_sampler(sampler_config, kwargs.pop("seed", None))
         super().__init__(*args, metric=[QUALITY, COST], mode=["max", "min"], **kwargs)
         self.study_dir = study_dir
+        self.num_trials, self.confirm = num_trials, confirm
+        self._spent: dict[str, float] = {}  # running search trial → training seconds so far
+        self._confirming: dict[str, tuple[str, int]] = {}  # trial → (front trial, seed)
 
     def suggest(self, trial_id):
+        if self.confirm is not None and len(private.ot_trials(self)) >= self.num_trials:
+            return self._confirmation(trial_id)
         if trial_id not in private.ot_trials(self) and (orphan := self._orphan()) is not None:
             # Optuna asked for this one before the driver died, but Tune's saved state never
             # recorded it: run it now instead of asking anew, so no trial dangles in Optuna.
             private.ot_trials(self)[trial_id] = private.adopt(self, orphan)
-        return super().suggest(trial_id)
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            self._spent[trial_id] = 0.0
+        return config
+
+    def _confirmation(self, trial_id):
+        """The next confirmation run whose front point is final; None: wait for the running
+        search trials; FINISHED once they are done and every run was handed out."""
+        rows = pd.DataFrame(list(get_finalizer(self.study_dir).rows.values()))
+        ready = self.confirm.ready(rows, self._spent.values(), self._confirming.values())
+        if not ready:
+            return Searcher.FINISHED if not self._spent else None
+        run = ready[0]
+        if self._spent:  # ahead of the search's end: say why it may start now
+            CONSOLE.say(f"confirming {describe(run)} (trial {run['confirm_of']}) while "
+                        f"{len(self._spent)} search trial(s) run: each has already trained "
+                        f"longer than it did, so none can displace it from the Pareto front")
+        self._confirming[trial_id] = (run["confirm_of"], run["seed"])
+        # the axes at the top level too: they override the param space's sampled ones
+        return {**{name: run[name] for name in AXES}, "fixed": run}
+
+    def on_trial_result(self, trial_id, result):
+        if trial_id in self._spent and result.get("train_seconds") is not None:
+            self._spent[trial_id] = float(result["train_seconds"])
+        super().on_trial_result(trial_id, result)
 
     def _orphan(self) -> optuna.trial.FrozenTrial | None:
         mine = {t.number for t in private.ot_trials(self).values()}
@@ -64,6 +100,9 @@ class StudySearch(OptunaSearch):
         return next((t for t in running if t.number not in mine), None)
 
     def on_trial_complete(self, trial_id, result=None, error=False):
+        self._spent.pop(trial_id, None)
+        if trial_id in self._confirming:  # not an Optuna trial: ResultsCallback writes its row
+            return
         if self._told_before(trial_id):  # a resumed study re-reports rows it already has
             private.mark_completed(self, trial_id)
             return
@@ -71,10 +110,7 @@ class StudySearch(OptunaSearch):
         if error or result is None:  # the row is written by ResultsCallback.on_trial_error
             super().on_trial_complete(trial_id, None, error=True)
         else:
-            # Tune hands searchers the result flattened: the config arrives as "config/depth"
-            config = {k.removeprefix("config/"): v for k, v in result.items()
-                      if k.startswith("config/")}
-            row = finalizer(trial_id, result, config)
+            row = finalizer(trial_id, result, _config(result))
             failed = row.get("status") != "ok" or row.get(QUALITY) is None
             super().on_trial_complete(trial_id, None if failed else row, error=failed)
         if (mirror := mirror_for(finalizer.spec)) is not None:  # an object-store study
@@ -105,6 +141,11 @@ class StudySearch(OptunaSearch):
             return False
         finished = private.ot_study(self).get_trials(deepcopy=False, states=private.FINISHED)
         return any(t.number == ot_trial.number for t in finished)
+
+
+def _config(result: dict) -> dict:
+    """A trial's config from the result Tune hands searchers: flattened, "config/depth"."""
+    return {k.removeprefix("config/"): v for k, v in result.items() if k.startswith("config/")}
 
 
 def _unpickle_search(cls, data: bytes) -> StudySearch:

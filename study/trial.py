@@ -31,7 +31,10 @@ def run_trial(params: dict, spec: StudySpec, sizing: Sizing, judge: dict, rungs=
     if trial_id in (finished or {}):
         tune.report(finished[trial_id])
         return
-    cfg = apply(hyperparameters(params), spec.base)
+    params = hyperparameters(params)
+    if params.get("confirm_of"):  # error bars of a front point: trained to budget, never stopped
+        rungs = None
+    cfg = apply(params, spec.base)
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"trial": cfg.to_dict(), "judge": judge,
@@ -45,7 +48,7 @@ def run_trial(params: dict, spec: StudySpec, sizing: Sizing, judge: dict, rungs=
             # Deterministic per trial (a retried trial resumes from its checkpoints) and readable
             # in the dashboard's Train page.
             name=f"{ctx.get_experiment_name()}_train_"
-                 f"{trial_name(trial_id, hyperparameters(params))}",
+                 f"{trial_name(trial_id, params)}",
             storage_path=spec.tune_path,
             callbacks=[TuneReportCallback()],
             failure_config=train.FailureConfig(max_failures=spec.worker_retries),

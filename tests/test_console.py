@@ -15,6 +15,7 @@ import pytest
 
 from analysis.tables import pareto_front
 from study import console as console_mod
+from study.confirm import ConfirmPlan
 from study.console import Console, ProgressCallback, trial_line
 from study.layout import ID_DTYPES, StudyLayout
 from study.results import upsert
@@ -145,16 +146,20 @@ def test_started_and_progress_lines_from_tune_callbacks(tmp_path, monkeypatch, c
     study_dir = tmp_path / "s"
     study_dir.mkdir()
     pd.DataFrame(columns=COLUMNS).to_csv(study_dir / "results.csv", index=False)
-    progress = ProgressCallback(str(study_dir), total=2, confirm=True)
+    progress = ProgressCallback(str(study_dir), total=2, confirm=ConfirmPlan(seeds=(1, 2)))
+    # one search trial done, on the front: 1 search trial and 2 confirmation runs left
+    upsert(study_dir, {"trial_id": "ab12", "status": "ok", "quality": 0.3, "train_cost_s": 60,
+                       "trial_wall_s": 90, "depth": 2, "width": 8, "lr": 1e-3, "seed": 0})
     trial = types.SimpleNamespace(trial_id="c1", config={"fixed": {
         "depth": 2, "width": 8, "lr": 1e-3, "seed": 1, "confirm_of": "ab12"}})
     progress.on_trial_start(0, [], trial)
-    upsert(study_dir, {"trial_id": "c1", "status": "ok", "confirm_of": "ab12"})
+    upsert(study_dir, {"trial_id": "c1", "status": "ok", "confirm_of": "ab12", "seed": 1})
     progress.on_trial_complete(0, [], trial)
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "trial c1 d2 w8 lr=0.001: started (confirms ab12 with seed 1)"
-    assert re.fullmatch(r"\[1/2 confirmation runs done, 0 running, \S+ elapsed, about \S+ "
-                        r"left\]", out[1]), out[1]
+    # 2 runs (1 search trial, 1 confirmation) in this run so far; 2 left (1 of each)
+    assert re.fullmatch(r"\[1/2 trials done, 1 confirmation runs done, 0 running, \S+ "
+                        r"elapsed, about \S+ left\]", out[1]), out[1]
 
 
 @pytest.mark.slow
@@ -173,8 +178,7 @@ def test_smoke_study_console_is_quiet_and_its_chatter_is_logged(smoke_study):
     front = pareto_front(first[first["stop_reason"] != "asha"])
     assert len(first) == 2 and sorted(confirm["confirm_of"]) == sorted(front["trial_id"])
     assert sorted(started) == sorted(finished) == sorted(table["trial_id"])
-    assert "[2/2 trials done, 0 running" in log
-    assert f"[{len(confirm)}/{len(confirm)} confirmation runs done, 0 running" in log
+    assert f"[2/2 trials done, {len(confirm)} confirmation runs done, 0 running" in log
     for chatter in ("Trial status:", "[State Transition]", "Reporting training result",
                     "tensorboard", "Configuration for experiment", "DeprecationWarning",
                     "(RayTrainWorker pid="):

@@ -14,7 +14,7 @@ from study.search_space import AXES
 
 
 def _first_seeds(study_dir) -> pd.DataFrame:
-    """The search's own trials (confirmation runs are Tune grid runs, not Optuna trials)."""
+    """The search's own trials (confirmation runs are not Optuna trials)."""
     table = pd.read_csv(study_dir / "results.csv", dtype=ID_DTYPES)
     return table[table["confirm_of"].isna()]
 

@@ -86,15 +86,16 @@ def test_png_and_npz(trial, tmp_path, capsys):
 
 def test_draws_what_generate_draws_from_the_trained_ema(trained, tmp_path, capsys):
     """The CLI's images are `generate` on the EMA weights `fit` returned, with the checkpoint's
-    sampling settings (w = 2, ddim, steps capped at T = 20, η = 1) and seed 0; the raw
-    (non-EMA) weights draw other images."""
+    sampling settings (w = 2, ddim, steps capped at T = 20, η = 1, its precision) and seed 0;
+    the raw (non-EMA) weights draw other images."""
     trial, result = trained
     images, labels, _, _, _ = sample_npz([trial, "--digits", "2,5", "-n", "3"], capsys,
                                          tmp_path / "s.npz")
     sched = Schedule.from_config(TrialConfig.from_dict(TINY).diffusion)
     for weights, same in ((result.ema, True), (result.model, False)):
         expected, expected_labels = generate(weights, sched, [2, 5], 3, guidance=2.0,
-                                             sampler="ddim", steps=20, eta=1.0, seed=0)
+                                             sampler="ddim", steps=20, eta=1.0, seed=0,
+                                             amp=None)
         assert np.array_equal(images, to_uint8(expected)) == same
     assert labels.tolist() == expected_labels.tolist()
 
@@ -212,3 +213,31 @@ def test_subprocess_exit_status_and_stderr(trial, tmp_path):
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
     assert "Traceback" not in bad.stderr and "does not exist" in bad.stderr
+
+
+def test_generate_samples_in_bf16_where_asked_or_where_it_pays(trained, monkeypatch):
+    """The U-Net's calls run under bf16 autocast with amp=True, in fp32 with amp=False, and as
+    trainables/precision.py decides with None (SampleConfig's default); images stay fp32."""
+    import torch
+
+    from trainables.precision import native_bf16
+
+    _, result = trained
+    sched = Schedule.from_config(TrialConfig.from_dict(TINY).diffusion)
+    seen = []
+    hook = result.ema.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+
+    def dtypes(amp) -> set:
+        seen.clear()
+        images, _ = generate(result.ema, sched, [1, 7], 2, steps=3, amp=amp)
+        assert images.dtype == torch.float32 and images.abs().max() <= 1 + 1e-6
+        return set(seen)
+
+    try:
+        assert dtypes(True) == {torch.bfloat16} and dtypes(False) == {torch.float32}
+        auto = torch.bfloat16 if native_bf16(torch.device("cpu")) else torch.float32
+        assert dtypes(None) == {auto}
+        monkeypatch.setattr(torch.ops, "mkldnn", object())  # a torch without the check: fp32
+        assert dtypes(None) == {torch.float32}
+    finally:
+        hook.remove()

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import torch
 from conftest import study_env
 
 from study.results import COLUMNS, read_results
+from trainables.precision import dtype_name, native_bf16
 
 
 @pytest.mark.slow
@@ -38,6 +40,8 @@ def test_smoke_study_records_every_trial(smoke_study):
                 "frechet", "eval_s", "samples_path", "grid_path", "checkpoint_path"]
     assert df[required].notna().all().all(), df[required].isna().sum()
     assert df["train_dtype"].isin(["bf16", "fp32"]).all()  # the training step's, per trial
+    # and the sampler's: bf16 where it pays (trainables/precision.py), as every row records
+    assert (df["eval_dtype"] == dtype_name(native_bf16(torch.device("cpu")))).all()
     clip_cols = ["clip_top", "clip_all", "clip_gain", "clip_acc_all", "clip_acc_top"]
     assert df[clip_cols].notna().all().all()
     assert df["clip_model"].str.contains("tiny_clip.json").all()

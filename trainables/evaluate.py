@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from trainables import artefacts
+from trainables import artefacts, precision
 from trainables.config import TrialConfig
 from trainables.data import DIGITS, Digits
 from trainables.diffusion import Schedule
@@ -172,9 +172,11 @@ def evaluate_model(ema, cfg: TrialConfig, judge: Judge, clip, real: Digits,
     """
     sc = cfg.sample
     w = sc.guidance if guidance is None else guidance
+    amp = precision.resolve(sc.amp, next(ema.parameters()).device)
     t0 = time.perf_counter()
     images, labels = generate(ema, Schedule.from_config(cfg.diffusion), DIGITS,
-                              ecfg.n_per_digit, w, sc.sampler, sc.steps, sc.eta, seed=ecfg.seed)
+                              ecfg.n_per_digit, w, sc.sampler, sc.steps, sc.eta, seed=ecfg.seed,
+                              amp=amp)
     sample_s = time.perf_counter() - t0
     ref = reference or quality_reference(real, judge, ecfg)
     m, per_digit = score_images(images, labels, judge, clip, ref.features, ecfg.top_k,
@@ -182,6 +184,7 @@ def evaluate_model(ema, cfg: TrialConfig, judge: Judge, clip, real: Digits,
     steps = cfg.diffusion.timesteps if sc.sampler == "ddpm" else sc.steps
     m.update({"guidance": w, "eval_sample_s": sample_s, "eval_s": time.perf_counter() - t0,
               "eval_sampler": sc.sampler, "eval_steps": steps,
+              "eval_dtype": precision.dtype_name(amp),
               "clip_model": clip.description if clip is not None else "disabled"})
     if out_dir is not None:
         import pandas as pd
@@ -212,7 +215,8 @@ def quality_probe(judge: Judge, cfg: TrialConfig, n_per_digit: int = 2, steps: i
         best = None
         for w in guidance_values:
             images, labels = generate(ema, sched, DIGITS, n_per_digit, w, "ddim",
-                                      min(steps, cfg.diffusion.timesteps), seed=PROBE_SEED)
+                                      min(steps, cfg.diffusion.timesteps), seed=PROBE_SEED,
+                                      amp=cfg.sample.amp)
             probs = judge.probs(images)
             m = {"judge_acc": (probs.argmax(1) == labels).float().mean().item(),
                  "judge_conf": probs.gather(1, labels[:, None]).mean().item(), "guidance": w}

@@ -67,12 +67,13 @@ class GuidanceResult:
 
 
 def score_guidance(ema, sched: Schedule, judge: Judge, reference: Reference, guidance: float,
-                   n_per_digit: int, steps: int, eta: float = 1.0, seed: int = 0) -> dict:
+                   n_per_digit: int, steps: int, eta: float = 1.0, seed: int = 0,
+                   amp: bool | None = False) -> dict:
     """One point of the quality-vs-w curve: DDIM samples of every digit at `guidance` from the
-    noise of `seed`, scored by the judge and against `reference`."""
+    noise of `seed`, scored by the judge and against `reference`; `amp` as `generate` takes it."""
     t0 = time.perf_counter()
     images, labels = generate(ema, sched, DIGITS, n_per_digit, guidance, "ddim",
-                              min(steps, sched.timesteps), eta, seed=seed)
+                              min(steps, sched.timesteps), eta, seed=seed, amp=amp)
     probs = judge.probs(images)
     pred = probs.argmax(1)
     return {"guidance": float(guidance),
@@ -101,7 +102,7 @@ def search_guidance(ema, cfg: TrialConfig, judge: Judge, reference: Reference,
     def score(w: float) -> None:
         if w not in curve:
             curve[w] = score_guidance(ema, sched, judge, reference, w, search.n_per_digit,
-                                      search.steps, cfg.sample.eta, search.seed)
+                                      search.steps, cfg.sample.eta, search.seed, cfg.sample.amp)
 
     def best() -> float:  # ties go to the smallest w: guidance only costs diversity
         return max(sorted(curve), key=lambda w: curve[w][QUALITY_METRIC])

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables import artefacts
+from trainables import artefacts, precision
 from trainables.config import SampleConfig
 from trainables.data import NUM_CLASSES
 from trainables.diffusion import Schedule, sample
@@ -55,8 +55,12 @@ def generate(model: UNet, sched: Schedule, digits: Iterable[int] = range(10),
              n_per_digit: int = 10, guidance: float = 2.0, sampler: str = "ddim",
              steps: int | None = 25, eta: float = 1.0, seed: int = 0, batch_size: int = 500,
              return_trajectory: bool = False,
-             style: Mapping[str, float | Sequence[float] | torch.Tensor] | None = None):
+             style: Mapping[str, float | Sequence[float] | torch.Tensor] | None = None,
+             amp: bool | None = False):
     """`n_per_digit` images of each requested digit, grouped by digit.
+
+    `amp`: the U-Net's calls under bf16 autocast (the sampler's arithmetic stays fp32); None:
+    where it pays on the model's device (`SampleConfig.amp`, trainables/precision.py).
 
     `style` (style-on models only) gives standard scores of slant and thickness, one value for
     all images or one per image (N = len(digits) · n_per_digit); an attribute left out is at
@@ -80,14 +84,17 @@ def generate(model: UNet, sched: Schedule, digits: Iterable[int] = range(10),
     was_training = model.training
     model.eval()
     images, trajectories = [], []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=precision.resolve(amp, device))
     for start in range(0, len(labels), batch_size):
-        out = sample(model, sched, labels[start : start + batch_size].to(device),
-                     null_label=model.cfg.null_label, guidance=guidance, sampler=sampler,
-                     steps=steps, eta=eta, generator=g, max_batch=forward_batch(device),
-                     image_shape=(model.cfg.in_channels, model.cfg.image_size,
-                                  model.cfg.image_size),
-                     return_trajectory=return_trajectory,
-                     style=None if styles is None else styles[start : start + batch_size])
+        with autocast:
+            out = sample(model, sched, labels[start : start + batch_size].to(device),
+                         null_label=model.cfg.null_label, guidance=guidance, sampler=sampler,
+                         steps=steps, eta=eta, generator=g, max_batch=forward_batch(device),
+                         image_shape=(model.cfg.in_channels, model.cfg.image_size,
+                                      model.cfg.image_size),
+                         return_trajectory=return_trajectory,
+                         style=None if styles is None else styles[start : start + batch_size])
         if return_trajectory:
             out, traj = out
             trajectories.append(torch.stack(traj))  # (S+1, b, 1, 28, 28)
@@ -313,13 +320,14 @@ def main(argv=None) -> int:
             raise UsageError(f"--guidance {w}: use a finite w >= 0")
         used = SampleConfig(guidance=w, sampler=args.sampler or cfg.sample.sampler,
                             steps=args.steps or min(cfg.sample.steps, cfg.diffusion.timesteps),
-                            eta=cfg.sample.eta)  # validates w >= 0
+                            eta=cfg.sample.eta, amp=cfg.sample.amp)  # validates w >= 0
         for out in (args.out, args.npz):  # fail before sampling, not after
             if out is not None:
                 _writable(out)
         images, labels = generate(ema, Schedule.from_config(cfg.diffusion).to(device),
                                   args.digits, args.per_digit, used.guidance, used.sampler,
-                                  used.steps, used.eta, seed=args.seed, style=args.style)
+                                  used.steps, used.eta, seed=args.seed, style=args.style,
+                                  amp=used.amp)
         steps = used.steps if used.sampler == "ddim" else cfg.diffusion.timesteps
         title = (f"w = {w:g}, {used.sampler}-{steps}, seed {args.seed}"
                  + "".join(f", {k} {v:+g}" for k, v in (args.style or {}).items()))

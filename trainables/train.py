@@ -101,7 +101,7 @@ def run(cfg: TrialConfig, out: Path, resume: bool = False, device: str | None = 
     t1 = time.perf_counter()
     images, labels, traj = generate(result.ema, sched, range(10), samples_per_digit,
                                     sc.guidance, sc.sampler, sc.steps, sc.eta, seed=0,
-                                    return_trajectory=True)
+                                    return_trajectory=True, amp=sc.amp)
     sample_s = time.perf_counter() - t1
     save_samples(out / "samples.npz", images, labels, cfg.to_dict())
     fig_dir = out / "figures"

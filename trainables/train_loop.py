@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
+from trainables import precision
 from trainables.config import TrainConfig, TrialConfig
 from trainables.cuda_graph import GraphedStep, make_capturable
 from trainables.data import Splits, load_splits
@@ -129,16 +130,9 @@ def validation_loss(model, sched: Schedule, images, labels, rank: int, world: in
 
 
 def uses_amp(tc: TrainConfig, device: torch.device) -> bool:
-    """Whether `fit`'s step runs under bf16 autocast: as `tc.amp` says, or when it is None, on
-    a CPU whose oneDNN has native bf16 kernels (elsewhere bf16 is emulated and slower)."""
-    if tc.amp is not None:
-        return tc.amp
-    if device.type != "cpu":
-        return False
-    try:  # torch's own check (private); each row records the precision used
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch without the check: fp32
-        return False
+    """Whether `fit`'s step runs under bf16 autocast: as `tc.amp` says, or when it is None, where
+    it pays (trainables/precision.py)."""
+    return precision.resolve(tc.amp, device)
 
 
 def uses_cuda_graphs(tc: TrainConfig, device: torch.device, world: int) -> bool:
@@ -293,7 +287,7 @@ def fit(cfg: TrialConfig, session: Session, splits: Splits | None = None,
                    "lr": float(opt.param_groups[0]["lr"]), "epoch_s": epoch_s,
                    "images_per_s": steps_done * local_batch * world / epoch_s,
                    "train_seconds": state["train_seconds"], "images_seen": state["images_seen"],
-                   "train_dtype": "bf16" if use_amp else "fp32"}  # what images_per_s means
+                   "train_dtype": precision.dtype_name(use_amp)}  # what images_per_s means
         metrics.update(validation_loss(ema, sched, val_x, val_y, rank, world, style=val_s))
         if probe is not None:
             t_probe = time.perf_counter()
