@@ -1,5 +1,6 @@
 """Shared fixtures. Tests use small sizes; the offline MNIST split comes from $STUDY_DATA_DIR."""
 
+import contextlib
 import gzip
 import os
 import re
@@ -160,7 +161,10 @@ class Live:
 
         procs = [p for p in psutil.process_iter() if session_id(p.pid) == self.proc.pid]
         for p in procs:
-            p.kill()
+            # a process may exit between the listing and its kill (an orphaned Ray worker
+            # noticing its raylet is gone): already gone is what the kill wanted
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
         psutil.wait_procs(procs, timeout=30)
         self._watchdog.cancel()
 
