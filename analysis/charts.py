@@ -241,7 +241,10 @@ def guidance_curves(sweep: pd.DataFrame, metrics: Sequence[str]) -> Figure:
                 y = np.interp(w, g["guidance"], g[m])
                 ax.scatter([w], [y], marker="*", s=140, color="black", zorder=5)
         ax.set(xlabel="guidance w", ylabel=_label(m))
-    if not metrics:
+    if metrics:  # beside the last panel, not over its curves
+        sns.move_legend(axes[0, len(metrics) - 1], "upper left", bbox_to_anchor=(1.02, 1),
+                        fontsize=7)
+    else:
         _empty(axes[0, 0], "no guidance search metrics")
     fig.suptitle("Guidance tuned per trained model (★ = the w each trial's search chose)")
     return fig

@@ -36,8 +36,9 @@ def cost_vs_quality(page: Page, study: Study) -> None:
     page.figure("front_errorbars", charts.front_errorbars(configs, front, label, ref),
                 "Each configuration at the mean of its seeds, ± one std (error bars where it "
                 "was confirmed with more seeds); dotted lines join a first seed to its mean. "
-                "Triangles: the first seed was stopped early (ASHA), so its point is a lower "
-                "bound of what the configuration reaches with its whole budget.")
+                "Triangles: the first seed was stopped early (by ASHA, early stopping or the "
+                "trial's time budget), so its point may understate what the configuration reaches "
+                "with more training.")
     page.table(config_table(front, study), "Pareto front of the configurations (mean ± std "
                                            "over seeds; sort any column of the full table "
                                            "below)")
