@@ -57,6 +57,11 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}; see python study/run.py --help")
 
 
+def _per_preset(value) -> str:
+    """A default that differs by preset, for the help: 'smoke 2, cpu 7, gpu 24'."""
+    return ", ".join(f"{name} {value(preset)}" for name, preset in PRESETS.items())
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     # allow_abbrev=False: the cluster path forwards argv to the job minus client-only options,
     # which it recognises by their full names.
@@ -67,9 +72,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "present or --gpus is given, else cpu): " + "; ".join(f"{k}: {v.description}"
                                                     for k, v in PRESETS.items()))
     g.add_argument("--num-trials", type=int, help="Optuna trials of the search (default: the "
-                   "preset's); confirmation runs come on top")
-    g.add_argument("--epochs", type=int, help="per-trial epoch budget (default: the preset's); "
-                   "a trial also stops at the preset's time limit, after "
+                   f"preset's: {_per_preset(lambda p: p.num_trials)}); confirmation runs come "
+                   "on top")
+    g.add_argument("--epochs", type=int, help="per-trial epoch budget (default: the preset's: "
+                   f"{_per_preset(lambda p: p.epochs)}); a trial also stops at the preset's "
+                   "time limit, after "
                    f"{TrainConfig.early_stop_patience} epochs without a better validation loss, "
                    "or early by ASHA")
     g.add_argument("--space", type=Path, help="YAML/JSON file overriding search ranges, e.g. "
@@ -79,23 +86,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default %(default)s)")
     g.add_argument("--asha", action=argparse.BooleanOptionalAction, default=None,
                    help="stop trials early on the in-training probe (ASHA, study/rungs.py); "
-                        "default: the preset's (" + ", ".join(
-                            f"{k} {'on' if p.asha else 'off'}" for k, p in PRESETS.items())
-                        + "; off where replaying searches showed it cost the front, "
-                        "benchmarks/RESULTS.md)")
+                        "default: the preset's "
+                        f"({_per_preset(lambda p: 'on' if p.asha else 'off')}; off where "
+                        "replaying searches showed it cost the front, benchmarks/RESULTS.md)")
     g.add_argument("--sampler", choices=SAMPLER_KINDS,
-                   help="the Optuna sampler of the search; default: the preset's (" + ", ".join(
-                       f"{k} {sampler_kind(p.sampler)}" for k, p in PRESETS.items())
-                   + "). gp found the best fronts in replayed studies but thinks 0.2 s per "
-                   "suggestion at first and 2 s after 1,000 trials, serially in the driver: for "
-                   "hundreds of short trials on many GPUs tpe (0.05 s) keeps them busy "
-                   "(benchmarks/RESULTS.md)")
+                   help="the Optuna sampler of the search; default: the preset's "
+                   f"({_per_preset(lambda p: sampler_kind(p.sampler))}). gp found the best "
+                   "fronts in replayed studies but thinks 0.2 s per suggestion at first and 2 s "
+                   "after 1,000 trials, serially in the driver: for hundreds of short trials on "
+                   "many GPUs tpe (0.05 s) keeps them busy (benchmarks/RESULTS.md)")
     g.add_argument("--confirm-seeds", type=int, metavar="N",
                    help="re-train each configuration on the Pareto front of the search's trials "
                         "(those ASHA did not stop) with N more seeds, for error bars; each "
                         "starts once the running trials can no longer displace it "
-                        "(default: the preset's: " + ", ".join(
-                            f"{k} {v.confirm_seeds}" for k, v in PRESETS.items()) + ")")
+                        f"(default: the preset's: {_per_preset(lambda p: p.confirm_seeds)})")
     g.add_argument("--name", help="study name, the study directory's name (default: "
                    "<preset>-<date>-<time>; study-<date>-<time> when a study submitted with "
                    "--cluster or a dashboard --address names no --preset)")
@@ -117,8 +121,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "directory>/logs/")
     r = p.add_argument_group("resources")
     r.add_argument("--workers-per-trial", type=int, help="DDP workers per trial (default: the "
-                   "preset's: " + ", ".join(f"{k} {v.workers_per_trial}"
-                                            for k, v in PRESETS.items()) + ")")
+                   "preset's: " + _per_preset(lambda p: p.workers_per_trial) + ")")
     r.add_argument("--trials-per-gpu", type=int, default=2,
                    help="single-worker trials sharing one GPU (fractional GPUs; a DDP worker "
                         "takes a whole GPU; default %(default)s: on an H200 2 trials kept 97%% "

@@ -69,12 +69,15 @@ def test_the_defaults_the_help_names_are_applied(help_lines, tmp_path):
     assert re.fullmatch(r"smoke-\d{8}-\d{6}", spec.name)  # <preset>-<date>-<time>
     assert "default: <preset>-<date>-<time>" in _help_of(help_lines, "--name")
     for option, field in (("--confirm-seeds", "confirm_seeds"),
-                          ("--workers-per-trial", "workers_per_trial")):
+                          ("--workers-per-trial", "workers_per_trial"),
+                          ("--num-trials", "num_trials")):
         text = _help_of(help_lines, option)
         for name, preset in PRESETS.items():
             assert f"{name} {getattr(preset, field)}" in text, (option, name)
         assert getattr(spec, field) == getattr(smoke, field)
-    assert (spec.num_trials, spec.base.train.epochs) == (smoke.num_trials, smoke.epochs)
+    assert spec.base.train.epochs == smoke.epochs
+    for name, preset in PRESETS.items():
+        assert f"{name} {preset.epochs}" in _help_of(help_lines, "--epochs"), name
     patience = TrainConfig.early_stop_patience
     assert f"after {patience} epochs without a better validation loss" in \
         _help_of(help_lines, "--epochs")
