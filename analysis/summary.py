@@ -32,6 +32,13 @@ def _secs(row) -> str:
     return pm(mean, row.get("train_cost_s_std"), ".1f" if mean < 100 else ".0f") + " s"
 
 
+def _brief(row) -> str:
+    """The runner-up beside the best: its trial, quality, cost and, where the table has it, the
+    judge's accuracy (what tells two configurations apart when their quality is level)."""
+    judge = f", judge accuracy {_q(row, 'judge_acc')}" if "judge_acc_mean" in row else ""
+    return f"trial {row['config']}: {_q(row)} after {_secs(row)}{judge}"
+
+
 def best_sentence(study: Study, configs: pd.DataFrame | None = None) -> str | None:
     """One sentence with numbers: the best configuration for its cost and what it gains over
     the next-cheapest front configuration. None when no trial succeeded."""
@@ -47,15 +54,13 @@ def best_sentence(study: Study, configs: pd.DataFrame | None = None) -> str | No
     ratio = verdict["cost_ratio"]
     if abs(verdict["gain"]) <= verdict["gain_std"]:  # NaN (no seeds) compares False
         # a lead smaller than the seeds' spread is no answer: say they are level
-        return (text + f", level with {describe(r)} (trial {r['config']}: {_q(r)} after "
-                f"{_secs(r)}): the difference, {gain}, is within the seeds' spread, so "
-                f"more seeds are needed to tell them apart.")
+        return (text + f", level with {describe(r)} ({_brief(r)}): the difference, {gain}, "
+                f"is within the seeds' spread, so more seeds are needed to tell them apart.")
     if verdict["runner_up_on_front"]:
         return (text + f": {gain} more than the next-cheapest configuration on the front, "
-                f"{describe(r)} (trial {r['config']}: {_q(r)} after {_secs(r)}), for "
-                f"{ratio:.1f}× its training time.")
-    return (text + f": {gain} more than the next best, {describe(r)} (trial {r['config']}: "
-            f"{_q(r)} after {_secs(r)}), and it is also the cheapest configuration on the front"
+                f"{describe(r)} ({_brief(r)}), for {ratio:.1f}× its training time.")
+    return (text + f": {gain} more than the next best, {describe(r)} ({_brief(r)}), and it is "
+            "also the cheapest configuration on the front"
             + (f" ({ratio:.2f}× the next best's training time)." if ratio == ratio else "."))
 
 

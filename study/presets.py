@@ -73,7 +73,7 @@ PRESETS: dict[str, Preset] = {
         # 7 trials, not 8: an 8th adds 9% of hypervolume (replayed: 0.217 -> 0.238) for ~2 min,
         # which the 20-minute budget cannot spare beside the confirmations (cpu-20a: 20.3 min)
         num_trials=7, epochs=8, max_trial_minutes=4, confirm_seeds=1,
-        # GP once 2 trials have finished: 1.19x random search's median hypervolume at 7 trials
+        # GP once 2 trials have finished: 1.20x random search's median hypervolume at 7 trials
         sampler=SamplerConfig("gp", n_startup_trials=2), asha=False,
         description="a laptop/2-core study on the offline 10k MNIST in about 15 minutes",
     ),

@@ -161,8 +161,8 @@ class Live:
 
         procs = [p for p in psutil.process_iter() if session_id(p.pid) == self.proc.pid]
         for p in procs:
-            # a process may exit between the listing and its kill (an orphaned Ray worker
-            # noticing its raylet is gone): already gone is what the kill wanted
+            # a process may exit between the listing and its kill (CI saw one of the orphaned
+            # Ray processes do so): already gone is what the kill wanted
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
         psutil.wait_procs(procs, timeout=30)

@@ -149,3 +149,6 @@ def test_the_answer_calls_a_lead_within_the_seeds_spread_a_tie():
     assert text.startswith("Best for its cost: d4") and "level with d3" in text, text
     # the one-seed side takes the other's spread: ± hypot(0.141, 0.141)
     assert "the difference, 0.020 ± 0.200, is within the seeds' spread" in text, text
+    # the runner-up's fidelity beside it: what may tell the two apart when quality cannot
+    assert "(trial mid: 0.600 ± 0.141 after 10.5 ± 0.7 s, judge accuracy 0.800 ± 0.141)" \
+        in text, text
