@@ -121,8 +121,8 @@ def best_for_cost(configs: pd.DataFrame) -> dict | None:
 
     Returns {"best": row, "runner_up": row or None (the next-cheapest front point; without one,
     the second-best configuration overall), "runner_up_on_front": bool, "gain", "gain_std"
-    (sqrt of the two seed variances, a one-seed side taking the other's; NaN when neither has
-    seeds), "cost_ratio": best's mean training seconds ÷ the runner-up's}."""
+    (sqrt of the two seed variances, a one-seed side taking seed_spread's; NaN when no
+    configuration has seeds), "cost_ratio": best's mean training seconds ÷ the runner-up's}."""
     front = mean_front(configs)
     if front.empty:
         return None
@@ -141,13 +141,23 @@ def best_for_cost(configs: pd.DataFrame) -> dict | None:
            "gain": np.nan, "gain_std": np.nan, "cost_ratio": np.nan}
     if runner is not None:
         out["gain"] = best["quality_mean"] - runner["quality_mean"]
-        # one side run with one seed: its spread taken to be the other's (same protocol)
-        stds = [v for v in (best["quality_std"], runner["quality_std"]) if pd.notna(v)]
-        if stds:
-            out["gain_std"] = float(np.hypot(stds[0], stds[-1]))
+        # a side run with one seed takes the spread its study's seeds show (same protocol):
+        # two one-seed configurations are no more certain than two confirmed ones
+        pooled = seed_spread(configs)
+        spread = [v if pd.notna(v) else pooled for v in (best["quality_std"],
+                                                          runner["quality_std"])]
+        out["gain_std"] = float(np.hypot(*spread))  # NaN when no configuration has seeds
         if runner["train_cost_s_mean"] > 0:
             out["cost_ratio"] = best["train_cost_s_mean"] / runner["train_cost_s_mean"]
     return out
+
+
+def seed_spread(configs: pd.DataFrame) -> float:
+    """The study's typical seed-to-seed std of quality: the root mean of the confirmed
+    configurations' variances (NaN when none was run with more than one seed)."""
+    var = configs.loc[configs["n"] > 1, "quality_std"].dropna() ** 2 \
+        if "quality_std" in configs else pd.Series(dtype=float)
+    return float(np.sqrt(var.mean())) if len(var) else np.nan
 
 
 def seed_order(configs: pd.DataFrame) -> dict:

@@ -147,8 +147,14 @@ def test_the_answer_calls_a_lead_within_the_seeds_spread_a_tie():
                  ("top", None, 4, 0.62, 40.0))
     text = best_sentence(study, tables.configurations(tied, AXES))
     assert text.startswith("Best for its cost: d4") and "level with d3" in text, text
-    # the one-seed side takes the other's spread: ± hypot(0.141, 0.141)
+    # the one-seed side takes the study's seed spread (here mid's alone): ± hypot(0.141, 0.141)
     assert "the difference, 0.020 ± 0.200, is within the seeds' spread" in text, text
     # the runner-up's fidelity beside it: what may tell the two apart when quality cannot
     assert "(trial mid: 0.600 ± 0.141 after 10.5 ± 0.7 s, judge accuracy 0.800 ± 0.141)" \
         in text, text
+    # two one-seed configurations 0.01 apart, beside a confirmed one whose seeds differ by
+    # 0.1: the study's seed spread (0.071) applies to both, so the lead is no answer either
+    lucky = _rows(("low", None, 2, 0.2, 5.0), ("low1", "low", 2, 0.3, 6.0),
+                  ("mid", None, 3, 0.5, 10.0), ("top", None, 4, 0.51, 40.0))
+    text = best_sentence(study, tables.configurations(lucky, AXES))
+    assert "level with d3" in text and "0.010 ± 0.100" in text, text
